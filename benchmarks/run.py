@@ -1,0 +1,71 @@
+"""Run every benchmark suite and write BENCHMARKS.md from their results.
+
+    python benchmarks/run.py            # all suites
+    python benchmarks/run.py memory     # some suites
+
+Run it in the benchmark environment (``scripts/bench``), which has Prefect installed so
+each number can sit beside Prefect's own manager.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+SUITES = ["memory", "file", "sqlite", "redis", "postgres", "startup"]
+
+sys.path.insert(0, str(HERE))
+from _harness import RESULTS, Row, machine, table  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or SUITES
+    failed = []
+    for suite in wanted:
+        script = HERE / f"bench_{suite}.py"
+        if not script.exists():
+            print(f"(no {script.name}; skipped)")
+            continue
+        print(f"=== {suite}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=ROOT, check=False).returncode != 0:
+            failed.append(suite)
+    write_markdown()
+    if failed:
+        print(f"failed suites: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_markdown() -> None:
+    m = machine()
+    parts = [
+        "# Benchmarks",
+        "",
+        "Produced by `scripts/bench` (`python benchmarks/run.py`); every number in a row was measured in "
+        "the same run on the same machine. *floor* is the physical limit of the medium (the cheapest "
+        "operation that could possibly implement the step); *Prefect* is Prefect's own manager for the "
+        "same medium. Ratios below 1 mean txlock is faster (or, for throughput rows, slower).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}.",
+        "",
+    ]
+    for suite in SUITES:
+        path = RESULTS / f"{suite}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        parts += [f"## {data['title']}", "", f"Measured {data['machine']['date']} at commit {data['machine']['commit']}.", ""]
+        parts += [table(rows), ""]
+        if data.get("notes"):
+            parts += [data["notes"], ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

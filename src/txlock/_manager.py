@@ -1,0 +1,700 @@
+"""The public base class every manager derives from, and the only waiting loop.
+
+A backend implements a handful of *single-attempt, non-blocking primitives* (the methods
+starting with ``_`` below: ``_try_acquire``, ``_release``, ``_extend``, ``_holder``,
+``_inspect``, ``_list``, ``_force_release``, ``_watch``, ``_withdraw`` and, optionally,
+``_wait``). Everything else (validation, deadlines, the wait/retry loop, cancellation,
+context managers and lease renewal) lives here, once.
+
+Sync and async without twins: the waiting logic is written once, as generators
+(``_acquire_flow`` and ``_wait_flow``) that *yield* the steps they need ("call primitive X",
+"sleep on this waiter for T seconds", "give me a waiter"). A thin sync driver runs those
+steps with blocking calls; a thin async driver runs them with ``await``. The drivers contain
+no locking logic, only the mechanics of their world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from txlock import _scheduler
+from txlock._errors import ConfigurationError, LockLost, LockTimeout, NotLockHolder
+from txlock._types import Busy, Capabilities, Lease, LockInfo
+from txlock._validate import check_hold_timeout, check_holder, check_key, check_timeout
+from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
+
+__all__ = ["BaseLockManager", "LockContext", "default_holder"]
+
+T = TypeVar("T")
+
+# Steps yielded by the flows to their driver.
+_CALL = 0  # (_CALL, primitive_name, args) -> the primitive's result
+_WAIT = 1  # (_WAIT, key, waiter, seconds) -> True if woken
+_WAITER = 2  # (_WAITER,) -> a new Waiter of the driver's world
+
+Step = tuple[Any, ...]
+Flow = Generator[Step, Any, T]
+
+
+def default_holder() -> str:
+    """A holder name unique to this call: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _deadline(timeout: float | None) -> float:
+    if timeout is None or math.isinf(timeout):
+        return math.inf
+    return time.monotonic() + timeout
+
+
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Parse a boolean URL option, naming the option and the accepted words on error."""
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ConfigurationError(f"option {name}={value!r} is not a boolean; use true or false")
+
+
+def parse_seconds(name: str, value: str, *, positive: bool = False) -> float | None:
+    """Parse a number-of-seconds URL option (``none`` allowed for 'no limit')."""
+    if value.strip().lower() in {"", "none", "null"}:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigurationError(f"option {name}={value!r} is not a number of seconds") from None
+    if math.isnan(seconds) or seconds < 0 or (positive and seconds == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigurationError(f"option {name}={value!r} must be {bound} seconds")
+    return seconds
+
+
+class BaseLockManager:
+    """The interface shared by every txlock manager.
+
+    It implements Prefect's ``LockManager`` protocol (``acquire_lock``, ``release_lock``,
+    ``is_locked``, ``is_lock_holder``, ``wait_for_lock`` and their async forms) and a richer
+    API: leases with fencing tokens, ``lock()`` / ``alock()`` context managers with background
+    renewal, ``inspect``, ``list_locks`` and ``force_release``.
+
+    One instance may be shared by every thread and task of a process. Copies (``copy``,
+    ``pickle``) talk to the same store. Two managers with equal configuration compare equal.
+
+    Args:
+        acquire_timeout: the wait used when a call passes ``acquire_timeout=None`` (Prefect
+            always does). ``None`` (the default) waits forever.
+        raise_on_timeout: when ``True``, an ``acquire_lock`` / ``aacquire_lock`` that times
+            out raises :class:`~txlock.LockTimeout` instead of returning ``False``. Prefect
+            ignores the boolean result of ``acquire_lock``, so with Prefect this is the only
+            way to bound a wait without running the transaction unlocked.
+    """
+
+    #: URL scheme(s) served by the class, the first being canonical.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: What the backend can do.
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: ``True`` when async primitives perform real network I/O (then they are shielded
+    #: from cancellation so the outcome of an in-flight grant is always known).
+    _async_io: ClassVar[bool] = False
+
+    def __init__(self, *, acquire_timeout: float | None = None, raise_on_timeout: bool = False) -> None:
+        self._default_timeout = check_timeout(acquire_timeout, "acquire_timeout")
+        if not isinstance(raise_on_timeout, bool):
+            raise TypeError(f"raise_on_timeout must be a bool, not {type(raise_on_timeout).__name__}")
+        self._raise_on_timeout = raise_on_timeout
+
+    # ------------------------------------------------------------------ identity
+
+    def _config(self) -> tuple[Any, ...]:
+        """Hashable configuration (may contain secrets: never shown)."""
+        raise NotImplementedError
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild an equivalent manager in any process."""
+        raise NotImplementedError
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        return {"acquire_timeout": self._default_timeout, "raise_on_timeout": self._raise_on_timeout}
+
+    def _common_query(self) -> dict[str, str]:
+        query: dict[str, str] = {}
+        if self._default_timeout is not None:
+            query["acquire_timeout"] = f"{self._default_timeout:g}"
+        if self._raise_on_timeout:
+            query["raise_on_timeout"] = "true"
+        return query
+
+    @property
+    def url(self) -> str:
+        """A URL that rebuilds this manager with :func:`txlock.from_url`, password redacted."""
+        return self._url(redact=True)
+
+    def _url(self, *, redact: bool) -> str:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, BaseLockManager)
+        return self._config() == other._config() and self._common_query() == other._common_query()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._config(), tuple(self._common_query().items())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._init_kwargs()))
+
+    @classmethod
+    def _from_parsed(cls, url: str, options: Mapping[str, str]) -> BaseLockManager:
+        """Build a manager from a URL of one of ``schemes``; see :func:`txlock.from_url`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release client resources (connections, descriptors). Holds are not released."""
+
+    async def aclose(self) -> None:
+        """Async form of :meth:`close`."""
+        self.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ primitives
+    # Subclasses implement the sync primitives. The async forms default to calling the
+    # sync ones, which is right for local media whose primitives never block for long.
+
+    def _try_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
+        """One attempt. Grant (or re-grant to the same holder, resetting the expiry to
+        ``ttl``) and return the lease, or return ``Busy``. With a ``waiter``, register it
+        so that a later release wakes it; registering twice keeps its place."""
+        raise NotImplementedError
+
+    def _release(self, key: str, holder: str) -> str | None:
+        """Free the key if ``holder`` holds it. Return ``None`` when released or not held
+        at all, or the name of the other holder that holds it (nothing changes then)."""
+        raise NotImplementedError
+
+    def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
+        """Renew the grant ``token`` of ``holder`` to end ``ttl`` seconds from now (or bind it
+        to this process when ``None``); ``None`` if that grant no longer holds the key."""
+        raise NotImplementedError
+
+    def _holder(self, key: str) -> str | None:
+        """The current holder of the key, or ``None`` when free or expired."""
+        info = self._inspect(key)
+        return None if info is None else info.holder
+
+    def _inspect(self, key: str) -> LockInfo | None:
+        raise NotImplementedError
+
+    def _list(self, prefix: str | None) -> list[LockInfo]:
+        raise NotImplementedError
+
+    def _force_release(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def _watch(self, key: str, waiter: Waiter | None) -> Busy | None:
+        """``None`` when the key is free; else ``Busy``, with ``waiter`` registered to be
+        woken when the key is freed."""
+        holder = self._holder(key)
+        return None if holder is None else Busy(holder, 0.001)
+
+    def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
+        """Forget a waiter. If the backend had already handed it the lock, return that lease."""
+        return None
+
+    def _wait(self, key: str, waiter: ThreadWaiter, timeout: float) -> bool:
+        """Block until ``waiter`` is woken or ``timeout`` passes."""
+        return waiter.wait(timeout)
+
+    async def _atry_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
+        return self._try_acquire(key, holder, ttl, waiter)
+
+    async def _arelease(self, key: str, holder: str) -> str | None:
+        return self._release(key, holder)
+
+    async def _aextend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
+        return self._extend(key, holder, token, ttl)
+
+    async def _aholder(self, key: str) -> str | None:
+        return self._holder(key)
+
+    async def _ainspect(self, key: str) -> LockInfo | None:
+        return self._inspect(key)
+
+    async def _alist(self, prefix: str | None) -> list[LockInfo]:
+        return self._list(prefix)
+
+    async def _aforce_release(self, key: str) -> bool:
+        return self._force_release(key)
+
+    async def _awatch(self, key: str, waiter: Waiter | None) -> Busy | None:
+        return self._watch(key, waiter)
+
+    async def _awithdraw(self, key: str, waiter: Waiter) -> Lease | None:
+        return self._withdraw(key, waiter)
+
+    async def _await(self, key: str, waiter: AsyncWaiter, timeout: float) -> bool:
+        return await waiter.wait(timeout)
+
+    # ------------------------------------------------------------------ flows (the logic, once)
+
+    def _acquire_flow(
+        self, key: str, holder: str, ttl: float | None, timeout: float | None, first: Lease | Busy | None
+    ) -> Flow[Lease | None]:
+        deadline = _deadline(timeout)
+        result = first
+        if result is None:
+            result = yield (_CALL, "_try_acquire", (key, holder, ttl, None))
+        if isinstance(result, Lease):
+            yield (_CALL, "_done", (key, holder, result))
+            return result
+        if deadline <= time.monotonic():
+            return None
+        waiter = yield (_WAITER,)
+        try:
+            while True:
+                # Register, then look again: a release between the last look and the
+                # registration must not be missed.
+                result = yield (_CALL, "_try_acquire", (key, holder, ttl, waiter))
+                if isinstance(result, Lease):
+                    yield (_CALL, "_done", (key, holder, result))
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    # The backend may have handed us the lock as we gave up: keep it.
+                    late = yield (_CALL, "_withdraw", (key, waiter))
+                    if late is not None:
+                        yield (_CALL, "_done", (key, holder, late))
+                    return late  # type: ignore[no-any-return]
+                yield (_WAIT, key, waiter, min(remaining, result.retry_after))
+        except BaseException:
+            # Cancelled or interrupted: leave no hold and no queue entry behind. A grant
+            # that landed is released, which hands the lock on to the next waiter.
+            late = yield (_CALL, "_withdraw", (key, waiter))
+            if late is not None or isinstance(result, Lease):
+                yield (_CALL, "_release", (key, holder))
+            raise
+
+    def _done(self, key: str, holder: str, lease: Lease) -> None:
+        """No-op step that lets the async driver deliver a deferred cancellation after a grant."""
+
+    async def _adone(self, key: str, holder: str, lease: Lease) -> None:
+        pass
+
+    def _wait_flow(self, key: str, timeout: float | None) -> Flow[bool]:
+        deadline = _deadline(timeout)
+        state = yield (_CALL, "_watch", (key, None))
+        if state is None:
+            return True
+        if deadline <= time.monotonic():
+            return False
+        waiter = yield (_WAITER,)
+        try:
+            while True:
+                state = yield (_CALL, "_watch", (key, waiter))
+                if state is None:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                yield (_WAIT, key, waiter, min(remaining, state.retry_after))
+        finally:
+            yield (_CALL, "_withdraw", (key, waiter))
+
+    # ------------------------------------------------------------------ drivers (mechanics only)
+
+    def _run(self, flow: Flow[T]) -> T:
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                step = flow.send(value) if exc is None else flow.throw(exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            exc = None
+            try:
+                op = step[0]
+                if op == _CALL:
+                    value = getattr(self, step[1])(*step[2])
+                elif op == _WAIT:
+                    value = self._wait(step[1], step[2], step[3])
+                else:
+                    value = ThreadWaiter()
+            except BaseException as error:  # KeyboardInterrupt too: the flow cleans up
+                exc = error
+
+    async def _arun(self, flow: Flow[T]) -> T:
+        value: Any = None
+        exc: BaseException | None = None
+        deferred: BaseException | None = None
+        while True:
+            try:
+                step = flow.send(value) if exc is None else flow.throw(exc)
+            except StopIteration as stop:
+                if deferred is not None:
+                    raise deferred from None
+                return stop.value  # type: ignore[no-any-return]
+            exc = None
+            if deferred is not None:
+                # A cancellation arrived while a primitive was in flight: deliver it now
+                # that the flow knows the primitive's outcome.
+                exc, deferred, value = deferred, None, None
+                continue
+            try:
+                op = step[0]
+                if op == _CALL:
+                    call = getattr(self, "_a" + step[1][1:])(*step[2])
+                    if self._async_io:
+                        value, deferred = await _complete(call)
+                    else:
+                        value = await call
+                elif op == _WAIT:
+                    value = await self._await(step[1], step[2], step[3])
+                else:
+                    value = AsyncWaiter()
+            except BaseException as error:
+                exc = error
+
+    # ------------------------------------------------------------------ Prefect's protocol
+
+    def _timeout(self, acquire_timeout: object) -> float | None:
+        if acquire_timeout is None:
+            return self._default_timeout
+        return check_timeout(acquire_timeout, "acquire_timeout")
+
+    def _timed_out(self, key: str, timeout: float | None) -> bool:
+        if self._raise_on_timeout:
+            raise LockTimeout(key, timeout)
+        return False
+
+    def acquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
+        """Acquire ``key`` for ``holder``; ``True`` once held, ``False`` on timeout.
+
+        Re-acquiring a lock the holder already holds returns ``True`` at once and sets the
+        hold's expiry to what this call asks for. ``acquire_timeout=None`` waits forever
+        (or the manager's default), ``0`` makes exactly one attempt. ``hold_timeout=None``
+        holds until released or until this process dies; ``T`` ends the hold T seconds
+        after the grant.
+        """
+        return self.acquire_lease(key, holder, acquire_timeout, hold_timeout) is not None
+
+    async def aacquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
+        """Async form of :meth:`acquire_lock`. Cancelling it never leaves a hold behind."""
+        return await self.aacquire_lease(key, holder, acquire_timeout, hold_timeout) is not None
+
+    def release_lock(self, key: str, holder: str) -> None:
+        """Release ``key`` held by ``holder``; the longest waiter proceeds.
+
+        A key that is not held (free or expired) is a no-op. A key held by another holder
+        raises :class:`~txlock.NotLockHolder` (a ``ValueError``) with Prefect's message.
+        """
+        check_key(key)
+        check_holder(holder)
+        other = self._release(key, holder)
+        if other is not None:
+            raise NotLockHolder(key, holder, other)
+
+    async def arelease_lock(self, key: str, holder: str) -> None:
+        """Async form of :meth:`release_lock`."""
+        check_key(key)
+        check_holder(holder)
+        other = await self._arelease(key, holder)
+        if other is not None:
+            raise NotLockHolder(key, holder, other)
+
+    def is_locked(self, key: str) -> bool:
+        """Whether ``key`` is held right now (by anyone), read from the shared store."""
+        return self._holder(check_key(key)) is not None
+
+    async def ais_locked(self, key: str) -> bool:
+        """Async form of :meth:`is_locked`."""
+        return await self._aholder(check_key(key)) is not None
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        """Whether ``holder`` holds ``key`` right now, read from the shared store."""
+        check_holder(holder)
+        return self._holder(check_key(key)) == holder
+
+    async def ais_lock_holder(self, key: str, holder: str) -> bool:
+        """Async form of :meth:`is_lock_holder`."""
+        check_holder(holder)
+        return await self._aholder(check_key(key)) == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until ``key`` is free without taking it: ``True`` when free, ``False`` on
+        timeout. ``timeout=0`` checks once; ``None`` waits forever."""
+        check_key(key)
+        return self._run(self._wait_flow(key, check_timeout(timeout, "timeout")))
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Async form of :meth:`wait_for_lock`."""
+        check_key(key)
+        return await self._arun(self._wait_flow(key, check_timeout(timeout, "timeout")))
+
+    # ------------------------------------------------------------------ the rich API
+
+    def acquire_lease(
+        self, key: str, holder: str, timeout: float | None = None, ttl: float | None = None
+    ) -> Lease | None:
+        """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
+        token) or ``None`` on timeout."""
+        check_key(key)
+        check_holder(holder)
+        wait = self._timeout(timeout)
+        ttl = check_hold_timeout(ttl, "hold_timeout")
+        first = self._try_acquire(key, holder, ttl, None)
+        if isinstance(first, Lease):
+            return first
+        lease = self._run(self._acquire_flow(key, holder, ttl, wait, first))
+        if lease is None:
+            self._timed_out(key, wait)
+        return lease
+
+    async def aacquire_lease(
+        self, key: str, holder: str, timeout: float | None = None, ttl: float | None = None
+    ) -> Lease | None:
+        """Async form of :meth:`acquire_lease`."""
+        check_key(key)
+        check_holder(holder)
+        wait = self._timeout(timeout)
+        ttl = check_hold_timeout(ttl, "hold_timeout")
+        lease = await self._arun(self._acquire_flow(key, holder, ttl, wait, None))
+        if lease is None:
+            self._timed_out(key, wait)
+        return lease
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a grant to end ``ttl`` seconds from now (default: its own ttl).
+
+        Raises :class:`~txlock.LockLost` when the grant no longer holds the key.
+        """
+        ttl = check_hold_timeout(lease.ttl if ttl is None else ttl, "ttl")
+        new = self._extend(lease.key, lease.holder, lease.token, ttl)
+        if new is None:
+            raise LockLost(lease.key, lease.holder, "it expired or was released before renewal")
+        return new
+
+    async def arenew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Async form of :meth:`renew`."""
+        ttl = check_hold_timeout(lease.ttl if ttl is None else ttl, "ttl")
+        new = await self._aextend(lease.key, lease.holder, lease.token, ttl)
+        if new is None:
+            raise LockLost(lease.key, lease.holder, "it expired or was released before renewal")
+        return new
+
+    def inspect(self, key: str) -> LockInfo | None:
+        """Describe the current hold on ``key``, or ``None`` when it is free."""
+        return self._inspect(check_key(key))
+
+    async def ainspect(self, key: str) -> LockInfo | None:
+        """Async form of :meth:`inspect`."""
+        return await self._ainspect(check_key(key))
+
+    def list_locks(self, prefix: str | None = None) -> list[LockInfo]:
+        """Every lock held now (whose key starts with ``prefix``), sorted by key."""
+        if prefix is not None:
+            check_key(prefix)
+        return self._list(prefix)
+
+    async def alist_locks(self, prefix: str | None = None) -> list[LockInfo]:
+        """Async form of :meth:`list_locks`."""
+        if prefix is not None:
+            check_key(prefix)
+        return await self._alist(prefix)
+
+    def force_release(self, key: str) -> bool:
+        """Free ``key`` whoever holds it (an operator's tool); ``True`` if it was held.
+
+        The holder learns of it at its next renewal, release or ``is_lock_holder`` check.
+        """
+        return self._force_release(check_key(key))
+
+    async def aforce_release(self, key: str) -> bool:
+        """Async form of :meth:`force_release`."""
+        return await self._aforce_release(check_key(key))
+
+    def lock(
+        self,
+        key: str,
+        holder: str | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> LockContext:
+        """A context manager holding ``key`` for the duration of a ``with`` block.
+
+        Raises :class:`~txlock.LockTimeout` if the lock is not acquired within ``timeout``
+        (the body never runs unlocked). With a ``ttl``, the lease is renewed in the
+        background every ``ttl / 3`` seconds while the body runs. If the hold is lost
+        anyway, ``on_lost(lease)`` is called (from the background thread), the context's
+        ``lost`` flag is set, and :class:`~txlock.LockLost` is raised when the block exits.
+        """
+        return LockContext(self, key, holder, timeout, ttl, on_lost)
+
+    def alock(
+        self,
+        key: str,
+        holder: str | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> LockContext:
+        """The ``async with`` form of :meth:`lock`."""
+        return LockContext(self, key, holder, timeout, ttl, on_lost)
+
+
+async def _complete(call: Any) -> tuple[Any, BaseException | None]:
+    """Await ``call`` to completion even if the caller is cancelled meanwhile.
+
+    Returns the result and the cancellation to deliver afterwards (or ``None``). Knowing
+    the outcome of an in-flight acquire is what lets a cancelled acquire release a grant
+    that landed instead of leaking it.
+    """
+    task = asyncio.ensure_future(call)
+    deferred: BaseException | None = None
+    while True:
+        try:
+            return await asyncio.shield(task), deferred
+        except asyncio.CancelledError as cancel:
+            if task.done() and task.cancelled():
+                raise
+            deferred = cancel
+
+
+def _rebuild(cls: type[BaseLockManager], kwargs: dict[str, Any]) -> BaseLockManager:
+    return cls(**kwargs)
+
+
+class LockContext:
+    """What :meth:`BaseLockManager.lock` and :meth:`~BaseLockManager.alock` return.
+
+    Use it with ``with`` (sync) or ``async with`` (async). Inside the block:
+
+    * ``lease`` is the current :class:`~txlock.Lease` (its ``token`` is the fencing token);
+    * ``lost`` turns ``True`` if the hold ends before the block does;
+    * ``check()`` raises :class:`~txlock.LockLost` if it has.
+    """
+
+    def __init__(
+        self,
+        manager: BaseLockManager,
+        key: str,
+        holder: str | None,
+        timeout: float | None,
+        ttl: float | None,
+        on_lost: Callable[[Lease], object] | None,
+    ) -> None:
+        self.manager = manager
+        self.key = check_key(key)
+        self.holder = default_holder() if holder is None else check_holder(holder)
+        self.timeout = check_timeout(timeout, "timeout")
+        self.ttl = check_hold_timeout(ttl, "ttl")
+        self.on_lost = on_lost
+        self.lost = False
+        self._lease: Lease | None = None
+        self._job: _scheduler.Job | None = None
+        self._guard = threading.Lock()
+
+    @property
+    def lease(self) -> Lease:
+        """The lease held by the block (raises ``RuntimeError`` outside the block)."""
+        if self._lease is None:
+            raise RuntimeError(f"lock {self.key!r} is not held by this context")
+        return self._lease
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the current grant."""
+        return self.lease.token
+
+    def check(self) -> None:
+        """Raise :class:`~txlock.LockLost` if the hold has been lost."""
+        if self.lost:
+            raise LockLost(self.key, self.holder, "it expired or was released while the block ran")
+
+    # The shared halves of enter and exit; the four dunders below only do the I/O.
+
+    def _entered(self, lease: Lease | None) -> LockContext:
+        if lease is None:
+            raise LockTimeout(self.key, self.timeout if self.timeout is not None else self.manager._default_timeout)
+        self._lease = lease
+        self.lost = False
+        if self.ttl is not None:
+            self._job = _scheduler.schedule(self._renew, self.ttl / 3, name=f"renew {self.key!r}")
+        return self
+
+    def _renew(self) -> bool:
+        with self._guard:
+            lease = self._lease
+            if lease is None or self.lost:
+                return False
+            new = self.manager._extend(lease.key, lease.holder, lease.token, self.ttl)
+            if new is not None:
+                self._lease = new
+                return True
+            self.lost = True
+        if self.on_lost is not None:
+            self.on_lost(lease)
+        return False
+
+    def _leaving(self) -> bool:
+        """Stop renewing; ``True`` if the hold must be released."""
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        with self._guard:
+            return not self.lost
+
+    def _left(self, other: str | None, failed: bool) -> None:
+        self._lease = None
+        if other is not None or self.lost:
+            self.lost = True
+            if not failed:
+                self.check()
+
+    def __enter__(self) -> LockContext:
+        return self._entered(self.manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl))
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        other = self.manager._release(self.key, self.holder) if self._leaving() else None
+        self._left(other, exc_type is not None)
+
+    async def __aenter__(self) -> LockContext:
+        return self._entered(await self.manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl))
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        other = await self.manager._arelease(self.key, self.holder) if self._leaving() else None
+        self._left(other, exc_type is not None)

@@ -1,0 +1,104 @@
+"""One background thread per process that runs periodic jobs (lease renewals, heartbeats).
+
+The contract forbids a thread or timer per lock: every renewal of every ``lock()`` block
+and every backend heartbeat of a process shares this single daemon thread, started on
+first use. After ``fork()`` the child starts with no jobs: it must never renew, and so
+keep alive, the holds of its parent.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["Job", "schedule"]
+
+log = logging.getLogger("txlock.scheduler")
+
+
+class Job:
+    """A periodic job. ``fn()`` runs every ``interval`` seconds until it returns ``False``
+    or the job is cancelled."""
+
+    __slots__ = ("cancelled", "fn", "interval", "name")
+
+    def __init__(self, fn: Callable[[], bool | None], interval: float, name: str) -> None:
+        self.fn = fn
+        self.interval = interval
+        self.name = name
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop running the job; a run in progress finishes."""
+        self.cancelled = True
+
+
+class _Scheduler:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, job: Job, first_delay: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + first_delay, next(self._seq), job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="txlock-heartbeat", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def jobs(self) -> int:
+        with self._cond:
+            return sum(1 for _, _, job in self._heap if not job.cancelled)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].cancelled:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    due = self._heap[0][0] - time.monotonic()
+                    if due <= 0:
+                        _, _, job = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(due)
+            try:
+                again = job.fn() is not False
+            except Exception:  # a job must never kill the thread that serves every other job
+                log.exception("background job %s failed; retrying in %.3gs", job.name, job.interval)
+                again = True
+            if again and not job.cancelled:
+                with self._cond:
+                    heapq.heappush(self._heap, (time.monotonic() + job.interval, next(self._seq), job))
+
+
+_scheduler = _Scheduler()
+
+
+def _reset_after_fork() -> None:
+    global _scheduler
+    _scheduler = _Scheduler()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def schedule(fn: Callable[[], bool | None], interval: float, *, name: str, first_delay: float | None = None) -> Job:
+    """Run ``fn`` every ``interval`` seconds on the shared background thread."""
+    job = Job(fn, interval, name)
+    _scheduler.add(job, interval if first_delay is None else first_delay)
+    return job
+
+
+def job_count() -> int:
+    """How many jobs are scheduled in this process (for tests and introspection)."""
+    return _scheduler.jobs()

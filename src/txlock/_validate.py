@@ -1,0 +1,59 @@
+"""Argument checks done once, above every backend, before any state changes."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+__all__ = ["check_holder", "check_hold_timeout", "check_key", "check_timeout", "encode"]
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a ``str``, else raise ``TypeError`` naming the argument."""
+    if type(key) is not str and not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}: {key!r}")
+    return key
+
+
+def check_holder(holder: object) -> str:
+    """Return ``holder`` if it is a ``str``, else raise ``TypeError``."""
+    if type(holder) is not str and not isinstance(holder, str):
+        raise TypeError(f"holder must be a str, not {type(holder).__name__}: {holder!r}")
+    return holder
+
+
+def check_timeout(value: object, name: str) -> float | None:
+    """Validate a wait timeout: ``None`` (forever) or a number ``>= 0`` (``inf`` allowed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(
+            f"{name} must be a number of seconds or None, not {type(value).__name__}: {value!r}"
+        )
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds or None, got {value!r}")
+    return seconds
+
+
+def check_hold_timeout(value: object, name: str = "hold_timeout") -> float | None:
+    """Validate a hold timeout: ``None`` (held until released) or a finite number ``> 0``."""
+    seconds = check_timeout(value, name)
+    if seconds is None:
+        return None
+    if seconds == 0 or math.isinf(seconds):
+        raise ValueError(
+            f"{name} must be a finite number of seconds > 0, or None for a hold that lasts "
+            f"until released (or until its process dies); got {value!r}"
+        )
+    return seconds
+
+
+def encode(text: str) -> bytes:
+    """Encode a key or holder to bytes without loss, lone surrogates included."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode(data: bytes) -> str:
+    """Inverse of :func:`encode`."""
+    return data.decode("utf-8", "surrogatepass")

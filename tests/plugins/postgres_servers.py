@@ -1,0 +1,1 @@
+"""Fixtures that start private PostgreSQL servers (filled in by the PostgreSQL backend)."""

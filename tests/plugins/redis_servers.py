@@ -1,0 +1,1 @@
+"""Fixtures that start private Redis servers (filled in by the Redis backend)."""
