@@ -59,7 +59,8 @@ def write_markdown() -> None:
             continue
         data = json.loads(path.read_text())
         rows = [Row(**r) for r in data["rows"]]
-        parts += [f"## {data['title']}", "", f"Measured {data['machine']['date']} at commit {data['machine']['commit']}.", ""]
+        when = f"Measured {data['machine']['date']} at commit {data['machine']['commit']}."
+        parts += [f"## {data['title']}", "", when, ""]
         parts += [table(rows), ""]
         if data.get("notes"):
             parts += [data["notes"], ""]

@@ -9,6 +9,7 @@ drops out of CI silently.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import threading
@@ -23,6 +24,17 @@ import pytest
 import txlock
 
 pytest_plugins = ["plugins.redis_servers", "plugins.postgres_servers"]
+
+# The Prefect group runs in its own virtual environment (scripts/test-prefect), so that
+# Prefect's dependencies never reach the core suite; the core run does not collect it.
+# (``tests/prefect`` itself would satisfy a bare ``import prefect`` as a namespace package,
+# so look for a module only the real Prefect has.)
+try:
+    _has_prefect = importlib.util.find_spec("prefect.locking") is not None
+except ImportError:
+    _has_prefect = False
+if not _has_prefect:
+    collect_ignore = ["prefect"]
 
 T = TypeVar("T")
 

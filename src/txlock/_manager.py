@@ -419,8 +419,9 @@ class BaseLockManager:
         A key that is not held (free or expired) is a no-op. A key held by another holder
         raises :class:`~txlock.NotLockHolder` (a ``ValueError``) with Prefect's message.
         """
-        check_key(key)
-        check_holder(holder)
+        if type(key) is not str or type(holder) is not str:
+            check_key(key)
+            check_holder(holder)
         other = self._release(key, holder)
         if other is not None:
             raise NotLockHolder(key, holder, other)
@@ -469,10 +470,12 @@ class BaseLockManager:
     ) -> Lease | None:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
-        check_key(key)
-        check_holder(holder)
-        wait = self._timeout(timeout)
-        ttl = check_hold_timeout(ttl, "hold_timeout")
+        if type(key) is not str or type(holder) is not str:  # the common case costs one test
+            check_key(key)
+            check_holder(holder)
+        wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
+        if ttl is not None:
+            ttl = check_hold_timeout(ttl, "hold_timeout")
         first = self._try_acquire(key, holder, ttl, None)
         if isinstance(first, Lease):
             return first

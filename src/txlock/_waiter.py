@@ -41,7 +41,7 @@ class ThreadWaiter(Waiter):
         self._lock.acquire()
 
     def wake(self) -> None:
-        try:
+        try:  # noqa: SIM105 - contextlib.suppress costs more on this hot path
             self._lock.release()
         except RuntimeError:  # already woken and not yet consumed
             pass
@@ -82,7 +82,7 @@ class AsyncWaiter(Waiter):
         if threading.get_ident() == self._thread:
             self._set()
         else:
-            try:
+            try:  # noqa: SIM105 - hot path
                 self._loop.call_soon_threadsafe(self._set)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from txlock._errors import ConfigurationError
@@ -20,16 +20,15 @@ __all__ = ["MemoryLockManager"]
 
 _QUEUED, _GRANTED = 1, 2
 
-
-class _Hold:
-    __slots__ = ("acquired_at", "deadline", "holder", "token", "ttl")
-
-    def __init__(self, holder: str, token: int, deadline: float, ttl: float | None, acquired_at: float) -> None:
-        self.holder = holder
-        self.token = token
-        self.deadline = deadline  # on the store's clock; inf = no expiry
-        self.ttl = ttl
-        self.acquired_at = acquired_at  # wall clock, for people
+# A hold is a plain tuple (the cheapest object CPython builds):
+#   (holder, token, deadline on the store's clock or inf, ttl, acquired at on the store's clock)
+_Hold: TypeAlias = tuple[str, int, float, float | None, float]
+_HOLDER: Final = 0
+_TOKEN: Final = 1
+_DEADLINE: Final = 2
+_TTL: Final = 3
+_ACQUIRED: Final = 4
+_new_lease = tuple.__new__  # Lease(...) without NamedTuple's Python-level __new__
 
 
 class _Store:
@@ -42,8 +41,10 @@ class _Store:
         self.queues: dict[str, deque[Waiter]] = {}
         self.watchers: dict[str, list[Waiter]] = {}
         self.tokens = itertools.count(1)
-        # Injected by tests; the store's own notion of "now" for expiry.
+        # The store's notion of "now" for expiry (monotonic; injected by tests), and the
+        # fixed offset that turns its readings into wall-clock times for people.
         self.clock: Callable[[], float] = time.monotonic
+        self.offset = time.time() - time.monotonic()
 
     def reset_after_fork(self) -> None:
         # The threads and loops that were waiting do not exist in the child.
@@ -131,35 +132,54 @@ class MemoryLockManager(BaseLockManager):
     # ------------------------------------------------------------------ internals (store mutex held)
 
     def _lease(self, key: str, hold: _Hold, now: float) -> Lease:
-        expires = None if hold.deadline == _INF else time.time() + (hold.deadline - now)
-        return Lease(key, hold.holder, hold.token, expires, hold.ttl)
+        deadline = hold[_DEADLINE]
+        expires = None if deadline == _INF else self._store.offset + deadline
+        return _new_lease(Lease, (key, hold[_HOLDER], hold[_TOKEN], expires, hold[_TTL]))
 
     def _vacate(self, store: _Store, key: str, now: float) -> _Hold | None:
         """End the hold on ``key``: hand it to the longest waiter, or free it."""
         queue = store.queues.get(key)
-        while queue:
+        if queue:
             waiter = queue.popleft()
-            holder, ttl, _ = waiter.data
-            hold = _Hold(holder, next(store.tokens), now + ttl if ttl is not None else _INF, ttl, time.time())
-            store.holds[key] = hold
-            waiter.data = (holder, ttl, _GRANTED)
             if not queue:
                 del store.queues[key]
+            holder, ttl, _, _ = waiter.data
+            hold = (holder, next(store.tokens), _INF if ttl is None else now + ttl, ttl, now)
+            store.holds[key] = hold
+            # The hand-off is the grant: the waiter returns it even if the hold is gone by
+            # the time it runs (released by someone using the same holder name).
+            waiter.data = (holder, ttl, _GRANTED, self._lease(key, hold, now))
             waiter.wake()
             return hold
-        store.holds.pop(key, None)
-        store.queues.pop(key, None)
-        watchers = store.watchers.pop(key, None)
-        if watchers:
-            for waiter in watchers:
-                waiter.wake()
+        del store.holds[key]
+        if store.watchers:
+            watchers = store.watchers.pop(key, None)
+            if watchers:
+                for waiter in watchers:
+                    waiter.wake()
         return None
 
     def _current(self, store: _Store, key: str, now: float) -> _Hold | None:
         hold = store.holds.get(key)
-        if hold is not None and hold.deadline <= now:
+        if hold is not None and hold[_DEADLINE] <= now:
             hold = self._vacate(store, key, now)
         return hold
+
+    def _dequeue(self, store: _Store, key: str, waiter: Waiter) -> Lease | None:
+        data = waiter.data
+        waiter.data = None
+        if data is None:
+            return None
+        holder, _, state, granted = data
+        if state == _GRANTED:
+            return granted  # type: ignore[no-any-return]
+        registry: Any = store.watchers if holder is None else store.queues
+        entries = registry.get(key)
+        if entries and waiter in entries:
+            entries.remove(waiter)
+            if not entries:
+                del registry[key]
+        return None
 
     # ------------------------------------------------------------------ primitives
 
@@ -167,29 +187,34 @@ class MemoryLockManager(BaseLockManager):
         store = self._store
         with store.mutex:
             now = store.clock()
+            if waiter is not None and waiter.data is not None and waiter.data[2] == _GRANTED:
+                granted: Lease = waiter.data[3]
+                waiter.data = None
+                return granted
             hold = store.holds.get(key)
-            if hold is not None and hold.deadline <= now:
+            if hold is not None and hold[_DEADLINE] <= now:
                 hold = self._vacate(store, key, now)
             if hold is None:
-                hold = _Hold(holder, next(store.tokens), now + ttl if ttl is not None else _INF, ttl, time.time())
+                token = next(store.tokens)
+                if ttl is None:
+                    store.holds[key] = (holder, token, _INF, None, now)
+                    return _new_lease(Lease, (key, holder, token, None, None))
+                store.holds[key] = (holder, token, now + ttl, ttl, now)
+                return _new_lease(Lease, (key, holder, token, store.offset + now + ttl, ttl))
+            if hold[_HOLDER] == holder:
+                # Idempotent re-acquire: same grant, expiry set to what this call asks for.
+                hold = (holder, hold[_TOKEN], _INF if ttl is None else now + ttl, ttl, hold[_ACQUIRED])
                 store.holds[key] = hold
-                return Lease(key, holder, hold.token, None if ttl is None else time.time() + ttl, ttl)
-            if hold.holder == holder:
-                hold.deadline = now + ttl if ttl is not None else _INF
-                hold.ttl = ttl
                 if waiter is not None and waiter.data is not None:
-                    # Handed over while we slept, or the holder got it another way: either
-                    # way this waiter must leave the queue.
-                    if waiter.data[2] == _QUEUED:
-                        store.queues[key].remove(waiter)
-                        if not store.queues[key]:
-                            del store.queues[key]
-                    waiter.data = None
+                    self._dequeue(store, key, waiter)  # got it another way while queued
                 return self._lease(key, hold, now)
             if waiter is not None and waiter.data is None:
-                waiter.data = (holder, ttl, _QUEUED)
-                store.queues.setdefault(key, deque()).append(waiter)
-            return Busy(hold.holder, hold.deadline - now)
+                waiter.data = (holder, ttl, _QUEUED, None)
+                queue = store.queues.get(key)
+                if queue is None:
+                    queue = store.queues[key] = deque()
+                queue.append(waiter)
+            return Busy(hold[_HOLDER], hold[_DEADLINE] - now)
 
     def _release(self, key: str, holder: str) -> str | None:
         store = self._store
@@ -197,37 +222,57 @@ class MemoryLockManager(BaseLockManager):
             hold = store.holds.get(key)
             if hold is None:
                 return None
-            now = store.clock()
-            if hold.deadline <= now:
-                self._vacate(store, key, now)
+            deadline = hold[_DEADLINE]
+            if deadline != _INF:
+                now = store.clock()
+                if deadline <= now:
+                    self._vacate(store, key, now)  # expired: release is a no-op
+                    return None
+            if hold[_HOLDER] != holder:
+                return hold[_HOLDER]
+            if key in store.queues:
+                self._vacate(store, key, store.clock())
                 return None
-            if hold.holder != holder:
-                return hold.holder
-            self._vacate(store, key, now)
+            del store.holds[key]
+            if store.watchers:
+                self._wake_watchers(store, key)
             return None
+
+    def _wake_watchers(self, store: _Store, key: str) -> None:
+        watchers = store.watchers.pop(key, None)
+        if watchers:
+            for waiter in watchers:
+                waiter.wake()
 
     def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
         store = self._store
         with store.mutex:
             now = store.clock()
             hold = self._current(store, key, now)
-            if hold is None or hold.holder != holder or hold.token != token:
+            if hold is None or hold[_HOLDER] != holder or hold[_TOKEN] != token:
                 return None
-            hold.deadline = now + ttl if ttl is not None else _INF
-            hold.ttl = ttl
+            hold = (holder, token, _INF if ttl is None else now + ttl, ttl, hold[_ACQUIRED])
+            store.holds[key] = hold
             return self._lease(key, hold, now)
 
     def _holder(self, key: str) -> str | None:
         # Lock-free read: a dict lookup is atomic, and an expired hold reads as free.
         hold = self._store.holds.get(key)
-        if hold is None or hold.deadline <= self._store.clock():
+        if hold is None or (hold[_DEADLINE] != _INF and hold[_DEADLINE] <= self._store.clock()):
             return None
-        return hold.holder
+        return hold[_HOLDER]
 
     def _info(self, store: _Store, key: str, hold: _Hold, now: float) -> LockInfo:
-        expires = None if hold.deadline == _INF else time.time() + (hold.deadline - now)
+        deadline = hold[_DEADLINE]
         queue = store.queues.get(key)
-        return LockInfo(key, hold.holder, hold.token, hold.acquired_at, expires, len(queue) if queue else 0)
+        return LockInfo(
+            key,
+            hold[_HOLDER],
+            hold[_TOKEN],
+            store.offset + hold[_ACQUIRED],
+            None if deadline == _INF else store.offset + deadline,
+            len(queue) if queue else 0,
+        )
 
     def _inspect(self, key: str) -> LockInfo | None:
         store = self._store
@@ -243,7 +288,7 @@ class MemoryLockManager(BaseLockManager):
             return [
                 self._info(store, key, hold, now)
                 for key, hold in sorted(store.holds.items())
-                if hold.deadline > now and (prefix is None or key.startswith(prefix))
+                if hold[_DEADLINE] > now and (prefix is None or key.startswith(prefix))
             ]
 
     def _force_release(self, key: str) -> bool:
@@ -263,39 +308,18 @@ class MemoryLockManager(BaseLockManager):
             if hold is None:
                 return None
             if waiter is not None and waiter.data is None:
-                waiter.data = (None, None, _QUEUED)
+                waiter.data = (None, None, _QUEUED, None)
                 store.watchers.setdefault(key, []).append(waiter)
-            return Busy(hold.holder, hold.deadline - now)
+            return Busy(hold[_HOLDER], hold[_DEADLINE] - now)
 
     def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
         store = self._store
         with store.mutex:
-            data = waiter.data
-            waiter.data = None
-            if data is None:
-                return None
-            holder, _, state = data
-            if state == _GRANTED:
-                hold = store.holds.get(key)
-                if hold is not None and hold.holder == holder:
-                    return self._lease(key, hold, store.clock())
-                return None
-            if holder is None:
-                watchers = store.watchers.get(key)
-                if watchers and waiter in watchers:
-                    watchers.remove(waiter)
-                    if not watchers:
-                        del store.watchers[key]
-                return None
-            queue = store.queues.get(key)
-            if queue and waiter in queue:
-                queue.remove(waiter)
-                if not queue:
-                    del store.queues[key]
-            return None
+            return self._dequeue(store, key, waiter)
 
     def _set_clock(self, clock: Callable[[], float]) -> None:
         """Drive this store's expiry from ``clock`` (tests only)."""
+        self._store.offset = time.time() - clock()
         self._store.clock = clock
 
 

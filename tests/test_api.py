@@ -1,0 +1,95 @@
+"""Library-wide behaviour: URLs, errors, lazy imports, public surface."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+import txlock
+
+
+def test_unknown_scheme_names_the_accepted_ones() -> None:
+    with pytest.raises(txlock.ConfigurationError, match=r"unknown URL scheme 'mysql'.*memory://"):
+        txlock.from_url("mysql://localhost/x")
+    with pytest.raises(txlock.ConfigurationError, match="is not a URL"):
+        txlock.from_url("just-a-name")
+    with pytest.raises(TypeError):
+        txlock.from_url(42)  # type: ignore[arg-type]
+
+
+def test_unknown_options_name_the_accepted_ones() -> None:
+    with pytest.raises(txlock.ConfigurationError, match=r"unknown option\(s\) colour; .*acquire_timeout"):
+        txlock.from_url("memory://x?colour=red")
+    with pytest.raises(txlock.ConfigurationError, match="not a number of seconds"):
+        txlock.from_url("memory://x?acquire_timeout=soon")
+    with pytest.raises(txlock.ConfigurationError, match="must be >= 0"):
+        txlock.from_url("memory://x?acquire_timeout=-1")
+    with pytest.raises(txlock.ConfigurationError, match="not a boolean"):
+        txlock.from_url("memory://x?raise_on_timeout=maybe")
+    with pytest.raises(txlock.ConfigurationError, match="has a path"):
+        txlock.from_url("memory://x/y")
+
+
+def test_options_in_url_and_keywords() -> None:
+    m = txlock.from_url("memory://opts?acquire_timeout=2.5&raise_on_timeout=yes")
+    assert m.url == "memory://opts?acquire_timeout=2.5&raise_on_timeout=true"
+    assert txlock.from_url("memory://opts", acquire_timeout=2.5, raise_on_timeout=True) == m
+    with pytest.raises(ValueError, match="acquire_timeout"):
+        txlock.MemoryLockManager("x", acquire_timeout=-1)
+    with pytest.raises(TypeError, match="raise_on_timeout"):
+        txlock.MemoryLockManager("x", raise_on_timeout="yes")  # type: ignore[arg-type]
+
+
+def test_txlock_url_environment_variable_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXLOCK_URL", "memory://from-env")
+    assert txlock.default_url() == "memory://from-env"
+    assert txlock.from_url() == txlock.MemoryLockManager("from-env")
+
+
+def test_errors_form_one_tree_and_pickle() -> None:
+    errors = [
+        txlock.LockTimeout("k", 1.5, "h"),
+        txlock.NotLockHolder("k", "b", "a"),
+        txlock.LockLost("k", "h", "gone"),
+        txlock.ConfigurationError("bad"),
+        txlock.MissingDependency("install txlock[redis]"),
+        txlock.BackendUnavailable("down"),
+        txlock.CorruptRecord("torn"),
+    ]
+    for error in errors:
+        assert isinstance(error, txlock.LockError)
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is type(error) and str(clone) == str(error)
+    assert isinstance(errors[0], TimeoutError)
+    assert str(errors[0]) == "could not acquire lock 'k' within 1.5s (held by 'h')"
+    assert str(txlock.LockTimeout("k", 0)) == "could not acquire lock 'k' at once"
+    assert isinstance(errors[1], ValueError)
+    assert isinstance(errors[3], ValueError)
+    assert isinstance(errors[4], ImportError)
+    assert isinstance(errors[5], ConnectionError) and isinstance(errors[5], txlock.BackendError)
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, txlock\n"
+        "m = txlock.from_url('memory://x'); m.acquire_lock('k', 'h')\n"
+        "heavy = [n for n in ('redis', 'psycopg', 'click', 'prefect', 'sqlite3') if n in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names_are_documented() -> None:
+    assert txlock.__all__ == sorted(txlock.__all__)
+    for name in txlock.__all__:
+        obj = getattr(txlock, name)
+        if callable(obj):
+            assert obj.__doc__, name
+
+
+def test_schemes_cover_every_backend() -> None:
+    assert {"memory", "file", "sqlite", "redis", "rediss", "unix", "postgresql"} <= set(txlock.schemes())
