@@ -15,13 +15,10 @@ no locking logic, only the mechanics of their world.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -39,6 +36,7 @@ T = TypeVar("T")
 _CALL = 0  # (_CALL, primitive_name, args) -> the primitive's result
 _WAIT = 1  # (_WAIT, key, waiter, seconds) -> True if woken
 _WAITER = 2  # (_WAITER,) -> a new Waiter of the driver's world
+_DONE = 3  # (_DONE,) -> None; a no-op where a deferred cancellation is delivered
 
 Step = tuple[Any, ...]
 Flow = Generator[Step, Any, T]
@@ -46,6 +44,9 @@ Flow = Generator[Step, Any, T]
 
 def default_holder() -> str:
     """A holder name unique to this call: ``host:pid:random``."""
+    import socket
+    import uuid
+
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
@@ -110,6 +111,14 @@ class BaseLockManager:
     #: ``True`` when async primitives perform real network I/O (then they are shielded
     #: from cancellation so the outcome of an in-flight grant is always known).
     _async_io: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Async acquires may make their first attempt with the sync primitive when the
+        # backend's async attempt is just that primitive (local media).
+        cls._local_attempts = not cls._async_io and cls._atry_acquire is BaseLockManager._atry_acquire
+
+    _local_attempts: ClassVar[bool] = False
 
     def __init__(self, *, acquire_timeout: float | None = None, raise_on_timeout: bool = False) -> None:
         self._default_timeout = check_timeout(acquire_timeout, "acquire_timeout")
@@ -269,44 +278,43 @@ class BaseLockManager:
         self, key: str, holder: str, ttl: float | None, timeout: float | None, first: Lease | Busy | None
     ) -> Flow[Lease | None]:
         deadline = _deadline(timeout)
-        result = first
-        if result is None:
-            result = yield (_CALL, "_try_acquire", (key, holder, ttl, None))
-        if isinstance(result, Lease):
-            yield (_CALL, "_done", (key, holder, result))
-            return result
-        if deadline <= time.monotonic():
-            return None
-        waiter = yield (_WAITER,)
+        result: Lease | Busy | None = first
+        waiter: Waiter | None = None
         try:
-            while True:
-                # Register, then look again: a release between the last look and the
-                # registration must not be missed.
-                result = yield (_CALL, "_try_acquire", (key, holder, ttl, waiter))
-                if isinstance(result, Lease):
-                    yield (_CALL, "_done", (key, holder, result))
-                    return result
+            if result is None:
+                result = yield (_CALL, "_try_acquire", (key, holder, ttl, None))
+            while not isinstance(result, Lease):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if waiter is None:
+                        return None
                     # The backend may have handed us the lock as we gave up: keep it.
-                    late = yield (_CALL, "_withdraw", (key, waiter))
-                    if late is not None:
-                        yield (_CALL, "_done", (key, holder, late))
-                    return late  # type: ignore[no-any-return]
-                yield (_WAIT, key, waiter, min(remaining, result.retry_after))
+                    result = yield (_CALL, "_withdraw", (key, waiter))
+                    waiter = None
+                    if result is None:
+                        return None
+                    break
+                if waiter is None:
+                    waiter = yield (_WAITER,)
+                else:
+                    assert isinstance(result, Busy)
+                    yield (_WAIT, key, waiter, min(remaining, result.retry_after))
+                # Register (first time), then look again: a release between the last look
+                # and the registration must not be missed.
+                result = yield (_CALL, "_try_acquire", (key, holder, ttl, waiter))
+            # A cancellation that arrived while the granting call was in flight is
+            # delivered here, inside the try, so the grant is released, not leaked.
+            yield (_DONE,)
+            return result  # type: ignore[return-value]  # a Lease: the loop only ends on one
         except BaseException:
             # Cancelled or interrupted: leave no hold and no queue entry behind. A grant
             # that landed is released, which hands the lock on to the next waiter.
-            late = yield (_CALL, "_withdraw", (key, waiter))
+            late = None
+            if waiter is not None:
+                late = yield (_CALL, "_withdraw", (key, waiter))
             if late is not None or isinstance(result, Lease):
                 yield (_CALL, "_release", (key, holder))
             raise
-
-    def _done(self, key: str, holder: str, lease: Lease) -> None:
-        """No-op step that lets the async driver deliver a deferred cancellation after a grant."""
-
-    async def _adone(self, key: str, holder: str, lease: Lease) -> None:
-        pass
 
     def _wait_flow(self, key: str, timeout: float | None) -> Flow[bool]:
         deadline = _deadline(timeout)
@@ -345,8 +353,10 @@ class BaseLockManager:
                     value = getattr(self, step[1])(*step[2])
                 elif op == _WAIT:
                     value = self._wait(step[1], step[2], step[3])
-                else:
+                elif op == _WAITER:
                     value = ThreadWaiter()
+                else:
+                    value = None
             except BaseException as error:  # KeyboardInterrupt too: the flow cleans up
                 exc = error
 
@@ -377,8 +387,10 @@ class BaseLockManager:
                         value = await call
                 elif op == _WAIT:
                     value = await self._await(step[1], step[2], step[3])
-                else:
+                elif op == _WAITER:
                     value = AsyncWaiter()
+                else:
+                    value = None
             except BaseException as error:
                 exc = error
 
@@ -488,11 +500,19 @@ class BaseLockManager:
         self, key: str, holder: str, timeout: float | None = None, ttl: float | None = None
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
-        check_key(key)
-        check_holder(holder)
-        wait = self._timeout(timeout)
-        ttl = check_hold_timeout(ttl, "hold_timeout")
-        lease = await self._arun(self._acquire_flow(key, holder, ttl, wait, None))
+        if type(key) is not str or type(holder) is not str:
+            check_key(key)
+            check_holder(holder)
+        wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
+        if ttl is not None:
+            ttl = check_hold_timeout(ttl, "hold_timeout")
+        first = None
+        if self._local_attempts:
+            # The attempt cannot block (local medium): make it without the driver.
+            first = self._try_acquire(key, holder, ttl, None)
+            if isinstance(first, Lease):
+                return first
+        lease = await self._arun(self._acquire_flow(key, holder, ttl, wait, first))
         if lease is None:
             self._timed_out(key, wait)
         return lease
@@ -586,6 +606,8 @@ async def _complete(call: Any) -> tuple[Any, BaseException | None]:
     the outcome of an in-flight acquire is what lets a cancelled acquire release a grant
     that landed instead of leaking it.
     """
+    import asyncio  # here, not at the top: asyncio costs start-up time to sync-only users
+
     task = asyncio.ensure_future(call)
     deferred: BaseException | None = None
     while True:

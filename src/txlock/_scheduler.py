@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 
 __all__ = ["Job", "schedule"]
-
-log = logging.getLogger("txlock.scheduler")
-
 
 class Job:
     """A periodic job. ``fn()`` runs every ``interval`` seconds until it returns ``False``
@@ -74,7 +70,11 @@ class _Scheduler:
             try:
                 again = job.fn() is not False
             except Exception:  # a job must never kill the thread that serves every other job
-                log.exception("background job %s failed; retrying in %.3gs", job.name, job.interval)
+                import logging
+
+                logging.getLogger("txlock.scheduler").exception(
+                    "background job %s failed; retrying in %.3gs", job.name, job.interval
+                )
                 again = True
             if again and not job.cancelled:
                 with self._cond:

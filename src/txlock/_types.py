@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["Busy", "Capabilities", "Lease", "LockInfo"]
@@ -67,8 +66,7 @@ class Busy(NamedTuple):
     retry_after: float = math.inf
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """What a backend can do; the conformance suite skips, with the reason, what it cannot.
 
     Attributes:
@@ -85,4 +83,4 @@ class Capabilities:
     fifo: bool = False
     injectable_clock: bool = False
     counts_waiters: bool = False
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()

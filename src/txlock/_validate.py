@@ -26,6 +26,12 @@ def check_timeout(value: object, name: str) -> float | None:
     """Validate a wait timeout: ``None`` (forever) or a number ``>= 0`` (``inf`` allowed)."""
     if value is None:
         return None
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, without the slow ABC check
+        seconds = float(value)  # type: ignore[arg-type]
+        if seconds >= 0:  # False for NaN
+            return seconds
+        raise ValueError(f"{name} must be >= 0 seconds or None, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(
             f"{name} must be a number of seconds or None, not {type(value).__name__}: {value!r}"

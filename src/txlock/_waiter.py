@@ -9,10 +9,13 @@ Spurious wake-ups are allowed: the waiting loop always re-checks the store.
 
 from __future__ import annotations
 
-import asyncio
 import math
+import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["AsyncWaiter", "ThreadWaiter", "Waiter"]
 
@@ -67,7 +70,9 @@ class AsyncWaiter(Waiter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._loop = asyncio.get_running_loop()
+        # An AsyncWaiter only exists inside a running loop, so asyncio is already imported;
+        # the module does not import it itself, to keep sync-only start-up lean.
+        self._loop = sys.modules["asyncio"].get_running_loop()
         self._thread = threading.get_ident()
         self._fut: asyncio.Future[bool] | None = None
         self._pending = False

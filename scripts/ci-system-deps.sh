@@ -1,0 +1,20 @@
+#!/bin/sh
+# System packages the test-suite needs beyond Python ones (idempotent; run as root in CI).
+set -eu
+
+_apt_updated=""
+apt_install() {
+    # apt_install COMMAND PACKAGE: install PACKAGE unless COMMAND is already available.
+    if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; then
+        return 0
+    fi
+    if [ -z "$_apt_updated" ]; then
+        apt-get update
+        _apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2"
+}
+
+# PostgreSQL backend: pgbouncer in transaction-pooling mode in front of a private server
+# (tests/plugins/postgres_servers.py). The package's system service is not used.
+apt_install pgbouncer pgbouncer

@@ -1,0 +1,1300 @@
+"""The filesystem backend: locks shared by the processes of one host.
+
+Layout of a lock directory (see ``docs/file.md``)::
+
+    DIR/<sha256 of the key>.lock   one record per key, rewritten in place under its flock
+    DIR/tokens                     the highest token of every record file ever removed
+    DIR/life/<32 hex digits>       one "proof of life" file per process, flocked by it
+
+A key's file name is the SHA-256 of the key's bytes, so no key can escape the directory,
+collide with another key or exceed a name length limit; the key itself is stored inside
+the record. Every change to a record happens under an exclusive ``flock`` of its file, so
+two processes never both win a grant or a break. Records carry two CRC-32 checks (one on
+the token counter, one binding the counter to the body), so a reader that races a writer,
+or finds the leftovers of a writer killed mid-write, sees a torn record as such: it then
+re-reads under a shared lock, and a record that is still not whole is a broken hold.
+
+A hold without ``hold_timeout`` names the *life file* of the process that took it. The
+process keeps an exclusive ``flock`` on its life file until it exits, so the kernel itself
+says whether the owner is alive: no PID (PIDs are reused) and no heartbeat is involved.
+
+Waiters are woken by inotify (Linux): one watcher thread per process reads the events of
+every watched directory and wakes the local waiters of the key that changed, or of the
+process that died (the kernel closes a dead process's life file, which inotify reports).
+Elsewhere waiters poll with a short exponential backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import re
+import stat
+import struct
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from txlock import _scheduler
+from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
+from txlock._manager import BaseLockManager
+from txlock._types import Busy, Capabilities, Lease, LockInfo
+from txlock._validate import decode, encode
+from txlock._waiter import Waiter
+
+__all__ = ["FileSystemLockManager", "key_filename"]
+
+log = logging.getLogger("txlock.file")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The longest a waiter sleeps without a wake-up while inotify watches the directory.
+SAFETY_NET = 0.25
+#: The fallback poll (no inotify): first and longest interval of the backoff.
+POLL_FIRST, POLL_MAX = 0.001, 0.05
+#: A waiter that has waited this long reserves the next grant (if it is the oldest).
+RESERVE_AFTER = 0.05
+#: A reservation not refreshed for this long is void (its waiter stopped trying).
+RESERVATION_STALE = 2.0
+#: How often this process removes the files of keys it freed.
+GC_INTERVAL = 5.0
+#: Records larger than this are not records (a foreign file).
+_MAX_RECORD = 1 << 24
+
+# ---------------------------------------------------------------- the record format (pure)
+
+# counter u64, crc32(counter) u32, magic u32, body length u32, crc32(counter + body) u32
+_HEAD = struct.Struct("<QIIII")
+# state, acquired_at, expires_at (0 = bound to its process), ttl (0 = none), pid, life id,
+# reservation id, reservation since, reservation last seen, reservation life id,
+# key length, holder length; then the key and the holder bytes.
+_BODY = struct.Struct("<B3xdddI16s8sdd16sII")
+_MAGIC = 0x314C5854  # b"TXL1"
+_HW = struct.Struct("<QI")
+_NO_LIFE = bytes(16)
+_NO_RES = bytes(8)
+_NAME_RE = re.compile(r"[0-9a-f]{64}\.lock")
+_LIFE_RE = re.compile(r"[0-9a-f]{32}")
+_LIFE_DIR = "life"
+_TOKENS = "tokens"
+
+
+class _Rec:
+    """One decoded record (the state of one key)."""
+
+    __slots__ = (
+        "acquired_at",
+        "counter",
+        "expires_at",
+        "held",
+        "holder",
+        "key",
+        "life",
+        "pid",
+        "res_id",
+        "res_life",
+        "res_seen",
+        "res_since",
+        "ttl",
+    )
+
+    def __init__(self, counter: int, key: bytes) -> None:
+        self.counter = counter  # the last token issued for this key
+        self.key = key
+        self.held = False
+        self.holder = b""
+        self.acquired_at = 0.0
+        self.expires_at = 0.0  # wall clock; 0 = bound to the life of its process
+        self.ttl = 0.0
+        self.pid = 0
+        self.life = _NO_LIFE
+        self.res_id = _NO_RES
+        self.res_since = 0.0
+        self.res_seen = 0.0
+        self.res_life = _NO_LIFE
+
+    def grant(self, holder: bytes, ttl: float | None, now: float, life: bytes, token: int) -> None:
+        self.held = True
+        self.holder = holder
+        self.counter = token
+        self.acquired_at = now
+        self.pid = os.getpid()
+        self.bind(ttl, now, life)
+
+    def bind(self, ttl: float | None, now: float, life: bytes) -> None:
+        """Set the hold's end: ``ttl`` seconds from now, or the life of process ``life``."""
+        if ttl is None:
+            self.expires_at, self.ttl, self.life = 0.0, 0.0, life
+        else:
+            self.expires_at, self.ttl, self.life = now + ttl, ttl, _NO_LIFE
+
+    def free(self) -> None:
+        self.held = False
+        self.holder = b""
+        self.acquired_at = self.expires_at = self.ttl = 0.0
+        self.pid = 0
+        self.life = _NO_LIFE
+
+    def unreserve(self) -> None:
+        self.res_id, self.res_since, self.res_seen, self.res_life = _NO_RES, 0.0, 0.0, _NO_LIFE
+
+
+def _encode_record(rec: _Rec) -> bytes:
+    body = (
+        _BODY.pack(
+            1 if rec.held else 0,
+            rec.acquired_at,
+            rec.expires_at,
+            rec.ttl,
+            rec.pid & 0xFFFFFFFF,
+            rec.life,
+            rec.res_id,
+            rec.res_since,
+            rec.res_seen,
+            rec.res_life,
+            len(rec.key),
+            len(rec.holder),
+        )
+        + rec.key
+        + rec.holder
+    )
+    cb = rec.counter.to_bytes(8, "little")
+    ccrc = zlib.crc32(cb)
+    return _HEAD.pack(rec.counter, ccrc, _MAGIC, len(body), zlib.crc32(body, ccrc)) + body
+
+
+def _decode_record(data: bytes) -> tuple[_Rec | None, int | None]:
+    """``(record, counter)``: the record if ``data`` holds a whole one, and the token counter
+    whenever its own check passes (it survives a body torn by a writer killed mid-write)."""
+    if len(data) < _HEAD.size:
+        return None, None
+    counter, ccrc, magic, blen, bcrc = _HEAD.unpack_from(data)
+    if zlib.crc32(data[:8]) != ccrc:
+        return None, None
+    end = _HEAD.size + blen
+    if magic != _MAGIC or blen < _BODY.size or len(data) < end or zlib.crc32(data[_HEAD.size : end], ccrc) != bcrc:
+        return None, counter
+    (state, acquired, expires, ttl, pid, life, res_id, res_since, res_seen, res_life, klen, hlen) = _BODY.unpack_from(
+        data, _HEAD.size
+    )
+    if _BODY.size + klen + hlen != blen:
+        return None, counter
+    start = _HEAD.size + _BODY.size
+    rec = _Rec(counter, data[start : start + klen])
+    rec.held = state == 1
+    rec.holder = data[start + klen : end]
+    rec.acquired_at, rec.expires_at, rec.ttl, rec.pid, rec.life = acquired, expires, ttl, pid, life
+    rec.res_id, rec.res_since, rec.res_seen, rec.res_life = res_id, res_since, res_seen, res_life
+    return rec, counter
+
+
+def _encode_hw(value: int) -> bytes:
+    raw = value.to_bytes(8, "little")
+    return _HW.pack(value, zlib.crc32(raw))
+
+
+def _decode_hw(data: bytes) -> int | None:
+    if len(data) < _HW.size:
+        return None
+    value, crc = _HW.unpack_from(data)
+    return value if zlib.crc32(data[:8]) == crc else None
+
+
+@functools.lru_cache(maxsize=1024)
+def key_filename(key: str) -> str:
+    """The name of ``key``'s record file: 64 hex digits of SHA-256 of the key + ``.lock``.
+
+    Any ``str`` (empty, ``..``, ``/``, NUL, lone surrogates, any length) maps to a plain
+    name inside the directory; distinct keys map to distinct names.
+    """
+    return hashlib.sha256(encode(key)).hexdigest() + ".lock"
+
+
+# ---------------------------------------------------------------- descriptors and fork safety
+
+# Every descriptor this module opens is registered here while it is open, under a lock the
+# fork hook takes: a child forked by another thread closes them at once, so it can never
+# keep alive a flock that the parent thinks it released (flock belongs to the open file
+# description, which fork shares).
+_fork_lock = threading.Lock()
+_inflight: set[int] = set()
+
+_RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_RW = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_RWC = _RW | os.O_CREAT
+
+
+def _open(name: str, flags: int, dir_fd: int, mode: int = 0o600) -> int:
+    with _fork_lock:
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
+        _inflight.add(fd)
+    return fd
+
+
+def _close(fd: int) -> None:
+    with _fork_lock:
+        _inflight.discard(fd)
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    data = os.pread(fd, 4096, 0)
+    if len(data) >= _HEAD.size:
+        need = _HEAD.size + int.from_bytes(data[16:20], "little")
+        if len(data) < need <= _MAX_RECORD:
+            data += os.pread(fd, need - len(data), len(data))
+    return data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.pwrite(fd, data, 0)
+    if written != len(data):  # only a full disk does this to a local file
+        raise OSError(errno.ENOSPC, "short write of a lock record")
+
+
+# ---------------------------------------------------------------- inotify (Linux), one thread per process
+
+_IN_MODIFY = 0x002
+_IN_CLOSE_WRITE = 0x008
+_IN_DELETE = 0x200
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+class _Inotify:
+    """One inotify descriptor and the thread that reads it, for every directory watched by
+    this process. Events name the file that changed; the thread wakes the waiters that
+    registered interest in that name."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
+        with _fork_lock:
+            fd = libc.inotify_init1(_IN_CLOEXEC)
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            self.fd = fd
+        self.targets: dict[int, tuple[_Dir, str]] = {}
+        self.thread = threading.Thread(target=self._run, name="txlock-inotify", daemon=True)
+        self.thread.start()
+
+    def add(self, d: _Dir, dir_fd: int, path: str, mask: int, prefix: str) -> int:
+        target = f"/proc/self/fd/{dir_fd}" if os.path.isdir("/proc/self/fd") else path
+        wd = self._add(self.fd, os.fsencode(target), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.targets[int(wd)] = (d, prefix)
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        self.targets.pop(wd, None)
+        self._rm(self.fd, wd)
+
+    def _run(self) -> None:
+        fd = self.fd
+        while True:
+            try:
+                buf = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # closed (after fork in a child, or at exit)
+            try:
+                self._dispatch(buf)
+            except Exception:  # the watcher must outlive any bad event
+                log.exception("txlock inotify watcher: failed to dispatch an event")
+
+    def _dispatch(self, buf: bytes) -> None:
+        offset = 0
+        woken: set[tuple[int, str]] = set()
+        while offset + _EVENT.size <= len(buf):
+            wd, mask, _cookie, length = _EVENT.unpack_from(buf, offset)
+            raw = buf[offset + _EVENT.size : offset + _EVENT.size + length]
+            offset += _EVENT.size + length
+            if mask & _IN_Q_OVERFLOW:
+                for d, _ in list(self.targets.values()):
+                    d.wake_all()
+                continue
+            target = self.targets.get(wd)
+            if target is None:
+                continue
+            d, prefix = target
+            if mask & _IN_IGNORED:  # the directory went away
+                self.targets.pop(wd, None)
+                d.watch_lost()
+                continue
+            name = prefix + raw.split(b"\0", 1)[0].decode("ascii", "replace")
+            if (id(d), name) in woken:
+                continue
+            woken.add((id(d), name))
+            if prefix:
+                if mask & _IN_CLOSE_WRITE:
+                    d.life_closed(name)
+                else:
+                    d.wake(name)
+            else:
+                d.key_changed(name)
+
+
+_inotify: _Inotify | None = None
+_inotify_failed = False
+_inotify_mutex = threading.Lock()
+
+
+def _get_inotify() -> _Inotify | None:
+    global _inotify, _inotify_failed
+    if _inotify is not None or _inotify_failed:
+        return _inotify
+    with _inotify_mutex:
+        if _inotify is None and not _inotify_failed:
+            try:
+                _inotify = _Inotify()
+            except (OSError, AttributeError) as exc:  # not Linux, or out of inotify instances
+                log.debug("inotify unavailable (%s); lock waiters fall back to polling", exc)
+                _inotify_failed = True
+    return _inotify
+
+
+# ---------------------------------------------------------------- per process and directory state
+
+
+class _Reg:
+    """What a waiter registered (kept in ``Waiter.data``)."""
+
+    __slots__ = ("backoff", "ident", "names", "reserved", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.ident = os.urandom(8)
+        self.names: set[str] = set()
+        self.reserved = False
+        self.backoff = POLL_FIRST
+
+
+class _Dir:
+    """Everything this process keeps for one lock directory (shared by every manager on it)."""
+
+    def __init__(self, path: str, fd: int, life_fd: int, mode: int, ident: tuple[int, int]) -> None:
+        self.path = path
+        self.fd = fd
+        self.life_dir = life_fd
+        self.file_mode = mode & 0o666
+        self.ident = ident
+        self.mutex = threading.Lock()
+        self.refs = 1
+        self.life_id: bytes | None = None
+        self.life_fd = -1
+        self.waiters: dict[str, set[Waiter]] = {}
+        self.watches: list[int] = []
+        self.watching: bool | None = None  # None: not tried yet
+        self.freed: set[str] = set()
+        self.gc_job: _scheduler.Job | None = None
+        self.bound: set[str] = set()  # keys whose hold this process bound to its life
+        self.retired = False
+
+    # ------------------------------------------------------------ life
+
+    def own_life(self) -> bytes:
+        """The life id of this process in this directory (its life file is made on first use)."""
+        life = self.life_id
+        if life is not None:
+            return life
+        with _fork_lock:
+            if self.life_id is None:
+                life = os.urandom(16)
+                tmp = f"tmp-{life.hex()}"
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             self.file_mode, dir_fd=self.life_dir)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # never blocks: nobody else knows the name
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                    # Published only once locked, so no sweeper can take it for dead.
+                    os.rename(tmp, life.hex(), src_dir_fd=self.life_dir, dst_dir_fd=self.life_dir)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self.life_fd, self.life_id = fd, life
+                swept = True
+            else:
+                swept = False
+        if swept:
+            self.sweep_lives()
+        assert self.life_id is not None
+        return self.life_id
+
+    def alive(self, life: bytes) -> bool:
+        """Whether the process named by ``life`` still holds its life file's flock."""
+        if life == self.life_id:
+            return True
+        if life == _NO_LIFE:
+            return False
+        try:
+            fd = _open(life.hex(), _RO, self.life_dir)
+        except FileNotFoundError:
+            return False  # removed only once dead
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return False  # not a life file of ours
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            _close(fd)
+        return False
+
+    def bury(self, life: bytes) -> None:
+        """Remove the life file of a dead process (death is final: nobody locks it again)."""
+        if life not in (_NO_LIFE, self.life_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(life.hex(), dir_fd=self.life_dir)
+
+    def sweep_lives(self, limit: int = 64) -> None:
+        """Remove up to ``limit`` life files of dead processes."""
+        try:
+            with os.scandir(self.life_dir) as entries:
+                names = [e.name for e in entries]
+        except OSError:
+            return
+        for name in names[:limit]:
+            if _LIFE_RE.fullmatch(name):
+                life = bytes.fromhex(name)
+                if life != self.life_id and not self.alive(life):
+                    self.bury(life)
+
+    # ------------------------------------------------------------ waiters
+
+    def register(self, name: str, waiter: Waiter) -> _Reg:
+        reg = waiter.data
+        if reg is None:
+            reg = waiter.data = _Reg(time.time())
+        if name not in reg.names:
+            reg.names.add(name)
+            with self.mutex:
+                self.waiters.setdefault(name, set()).add(waiter)
+            if self.watching is None:
+                self.start_watching()
+        assert isinstance(reg, _Reg)
+        return reg
+
+    def unregister(self, waiter: Waiter) -> _Reg | None:
+        reg = waiter.data
+        waiter.data = None
+        if not isinstance(reg, _Reg):
+            return None
+        with self.mutex:
+            for name in reg.names:
+                waiters = self.waiters.get(name)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self.waiters[name]
+        return reg
+
+    def wake(self, name: str) -> None:
+        with self.mutex:
+            waiters = list(self.waiters.get(name, ()))
+        for waiter in waiters:
+            waiter.wake()
+
+    def key_changed(self, name: str) -> None:
+        """A record changed: wake its waiters, unless it is now under a live hold (a grant
+        to someone else), which would only make every waiter of every process look in vain."""
+        with self.mutex:
+            if name not in self.waiters:
+                return
+        try:
+            rec = _peek(self, name, block=False)  # never stall the watcher behind a writer
+        except OSError:  # including a writer still at work: wake, the waiters will see
+            rec = None
+        if rec is None or not _live(self, rec, time.time()):
+            self.wake(name)
+
+    def wake_all(self) -> None:
+        with self.mutex:
+            waiters = [w for ws in self.waiters.values() for w in ws]
+        for waiter in waiters:
+            waiter.wake()
+
+    def life_closed(self, name: str) -> None:
+        """The owner of a life file closed it: it is dying. Wait (briefly) until the kernel
+        drops its flock, which happens just after the close event, then wake its waiters."""
+        with self.mutex:
+            if name not in self.waiters:
+                return
+        life = bytes.fromhex(name[len(_LIFE_DIR) + 1 :])
+        for _ in range(40):
+            if not self.alive(life):
+                break
+            time.sleep(0.00025)
+        self.wake(name)
+
+    def start_watching(self) -> None:
+        with self.mutex:
+            if self.watching is not None:
+                return
+            self.watching = False
+        inotify = _get_inotify()
+        if inotify is None:
+            return
+        try:
+            self.watches.append(inotify.add(self, self.fd, self.path, _IN_MODIFY | _IN_DELETE, ""))
+            self.watches.append(
+                inotify.add(self, self.life_dir, os.path.join(self.path, _LIFE_DIR), _IN_CLOSE_WRITE | _IN_DELETE,
+                            _LIFE_DIR + "/")
+            )
+        except OSError as exc:
+            log.debug("cannot watch %s with inotify (%s); waiters poll", self.path, exc)
+            return
+        self.watching = True
+
+    def watch_lost(self) -> None:
+        self.watching = False
+        self.wake_all()
+
+    def retry_net(self, reg: _Reg | None) -> float:
+        """The longest a waiter may sleep without a wake-up."""
+        if self.watching:
+            return SAFETY_NET
+        if reg is None:
+            return POLL_FIRST
+        interval = reg.backoff
+        reg.backoff = min(POLL_MAX, interval * 2)
+        return interval
+
+    # ------------------------------------------------------------ tokens high-water mark
+
+    def read_hw(self) -> int:
+        try:
+            fd = _open(_TOKENS, _RO, self.fd)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            data = os.pread(fd, _HW.size, 0)
+        finally:
+            _close(fd)
+        value = _decode_hw(data)
+        if value is None and data:
+            log.warning("%s is damaged; fencing tokens of new record files restart at 1",
+                        os.path.join(self.path, _TOKENS))
+        return value or 0
+
+    def raise_hw(self, counter: int) -> None:
+        fd = _open(_TOKENS, _RWC, self.fd, self.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = _decode_hw(os.pread(fd, _HW.size, 0)) or 0
+            if counter > current:
+                _write_all(fd, _encode_hw(counter))
+        finally:
+            _close(fd)
+
+    # ------------------------------------------------------------ garbage collection
+
+    def gc(self) -> bool:
+        """Remove the record files of keys this process freed that are still free."""
+        with self.mutex:
+            names, self.freed = self.freed, set()
+            if not names:
+                self.gc_job = None
+                return False
+        for name in names:
+            try:
+                self.collect(name)
+            except OSError as exc:
+                log.debug("could not remove %s: %s", name, exc)
+        return True
+
+    def collect(self, name: str) -> None:
+        try:
+            fd = _open(name, _RW, self.fd)
+        except OSError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # in use right now: it is not idle
+            st = os.fstat(fd)
+            if st.st_nlink == 0 or not stat.S_ISREG(st.st_mode):
+                return
+            rec, _counter = _decode_record(_read_all(fd))
+            if rec is None:
+                return  # empty or broken: left for the next writer to repair
+            now = time.time()
+            if rec.held and _live(self, rec, now):
+                return
+            if _reserved(self, rec, now):
+                return  # a waiter is about to take it
+            if rec.counter:
+                self.raise_hw(rec.counter)  # before the unlink: a new file starts above it
+            os.unlink(name, dir_fd=self.fd)
+        finally:
+            _close(fd)
+
+    # ------------------------------------------------------------ life cycle
+
+    def retire(self) -> None:
+        """The last manager on this directory closed: drop what the process keeps for it."""
+        with contextlib.suppress(OSError):
+            self.gc()
+        with _dirs_mutex:
+            if self.refs > 0:
+                return
+            with self.mutex:
+                if self.bound:  # holds bound to this process: its life must go on
+                    return
+                self.retired = True
+                if self.gc_job is not None:
+                    self.gc_job.cancel()
+                    self.gc_job = None
+            _dirs.pop(self.ident, None)
+        inotify = _inotify
+        if inotify is not None:
+            for wd in self.watches:
+                with contextlib.suppress(OSError):
+                    inotify.remove(wd)
+        self.watches.clear()
+        self.wake_all()
+        with _fork_lock:
+            if self.life_id is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.life_id.hex(), dir_fd=self.life_dir)
+                os.close(self.life_fd)
+                self.life_id, self.life_fd = None, -1
+            os.close(self.life_dir)
+            os.close(self.fd)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's life, waiters and watches are not ours."""
+        self.mutex = threading.Lock()
+        if self.life_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.life_fd)  # close, never unlock: the parent still holds it
+        self.life_id, self.life_fd = None, -1
+        self.waiters = {}
+        self.watches = []
+        self.watching = None
+        self.freed = set()
+        self.gc_job = None
+        self.bound = set()
+
+
+_dirs: dict[tuple[int, int], _Dir] = {}
+_dirs_mutex = threading.Lock()
+
+
+def _attach(path: str, mode: int) -> _Dir:
+    """The state of directory ``path`` in this process (created, with ``mode``, if missing)."""
+    _detach_pending()
+    try:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, mode)
+            os.chmod(path, mode)  # the umask must not loosen or tighten what was asked
+        except FileExistsError:
+            pass
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _translate(exc, path, "open the lock directory") from exc
+    try:
+        try:
+            os.mkdir(_LIFE_DIR, mode, dir_fd=fd)
+            created = True
+        except FileExistsError:
+            created = False
+        life_fd = os.open(_LIFE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        if created:
+            os.fchmod(life_fd, mode)
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _translate(exc, path, f"open {os.path.join(path, _LIFE_DIR)}") from exc
+    ident = (st.st_dev, st.st_ino)
+    with _dirs_mutex:
+        d = _dirs.get(ident)
+        if d is not None and not d.retired:
+            d.refs += 1
+            os.close(fd)
+            os.close(life_fd)
+            return d
+        d = _Dir(path, fd, life_fd, mode, ident)
+        _dirs[ident] = d
+        return d
+
+
+# Managers collected without close() leave their share here: a finalizer may run inside any
+# allocation, even one made under a lock of this module, so it only appends.
+_pending: list[_Dir] = []
+
+
+def _detach_pending() -> None:
+    while _pending:
+        try:
+            d = _pending.pop()
+        except IndexError:
+            return
+        _detach(d)
+
+
+def _detach(d: _Dir) -> None:
+    with _dirs_mutex:
+        d.refs -= 1
+        last = d.refs <= 0
+    if last:
+        d.retire()
+
+
+def _before_fork() -> None:
+    _fork_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    _fork_lock.release()
+
+
+def _after_fork_child() -> None:
+    global _fork_lock, _inflight, _dirs_mutex, _inotify, _inotify_failed, _inotify_mutex
+    for fd in _inflight:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # close, never unlock: the parent still holds what it holds
+    _inflight = set()
+    _fork_lock = threading.Lock()
+    _dirs_mutex = threading.Lock()
+    _inotify_mutex = threading.Lock()
+    if _inotify is not None:
+        with contextlib.suppress(OSError):
+            os.close(_inotify.fd)
+    _inotify, _inotify_failed = None, False
+    for d in _dirs.values():
+        d.after_fork()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+
+
+# ---------------------------------------------------------------- hold logic shared by every primitive
+
+
+def _live(d: _Dir, rec: _Rec, now: float) -> bool:
+    """Whether the hold in ``rec`` is in force: not expired, and its process alive."""
+    if not rec.held:
+        return False
+    if rec.expires_at:
+        return now < rec.expires_at
+    return d.alive(rec.life)
+
+
+def _reserved(d: _Dir, rec: _Rec, now: float) -> bool:
+    """Whether ``rec`` carries a reservation still in force."""
+    return rec.res_id != _NO_RES and now - rec.res_seen < RESERVATION_STALE and d.alive(rec.res_life)
+
+
+def _peek(d: _Dir, name: str, block: bool = True) -> _Rec | None:
+    """Read a record without taking part in any exclusion: ``None`` when absent or broken."""
+    try:
+        fd = _open(name, _RO, d.fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
+            return None  # a foreign file is no hold
+        raise
+    try:
+        try:
+            data = _read_all(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ESPIPE, errno.EINVAL):
+                return None
+            raise
+        if not data:
+            return None
+        rec, _ = _decode_record(data)
+        if rec is None:
+            # Mid-write: read it again once the writer is done.
+            fcntl.flock(fd, fcntl.LOCK_SH if block else fcntl.LOCK_SH | fcntl.LOCK_NB)
+            rec, _ = _decode_record(_read_all(fd))
+        return rec
+    finally:
+        _close(fd)
+
+
+def _lease(key: str, holder: str, rec: _Rec) -> Lease:
+    return Lease(key, holder, rec.counter, rec.expires_at or None, rec.ttl or None)
+
+
+def _info(rec: _Rec) -> LockInfo:
+    return LockInfo(decode(rec.key), decode(rec.holder), rec.counter, rec.acquired_at, rec.expires_at or None, None)
+
+
+def _translate(exc: OSError, path: str, doing: str) -> BackendError:
+    """The one place where operating-system errors become txlock errors."""
+    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.ENODEV):
+        return BackendUnavailable(
+            f"lock directory {path} is gone or unreachable ({reason}) while trying to {doing}; "
+            "recreate it or point the manager at another directory"
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BackendError(
+            f"cannot {doing} in lock directory {path}: {reason}; check the directory's owner, mode and mount"
+        )
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return BackendError(f"cannot {doing} in lock directory {path}: {reason}; free some space")
+    if code in (errno.EMFILE, errno.ENFILE):
+        return BackendError(f"cannot {doing} in lock directory {path}: {reason}; raise the descriptor limit")
+    return BackendError(f"cannot {doing} in lock directory {path}: {reason}")
+
+
+def _translated(
+    doing: str,
+) -> Callable[[Callable[Concatenate[FileSystemLockManager, P], R]], Callable[Concatenate[FileSystemLockManager, P], R]]:
+    def decorate(
+        fn: Callable[Concatenate[FileSystemLockManager, P], R],
+    ) -> Callable[Concatenate[FileSystemLockManager, P], R]:
+        @functools.wraps(fn)
+        def wrapper(self: FileSystemLockManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(self, *args, **kwargs)
+            except BackendError:
+                raise
+            except OSError as exc:
+                raise _translate(exc, self.directory, doing) from exc
+
+        return wrapper
+
+    return decorate
+
+
+# ---------------------------------------------------------------- the manager
+
+
+class FileSystemLockManager(BaseLockManager):
+    """Locks shared by the processes of one host, kept as files in one directory.
+
+    ``FileSystemLockManager("/var/lock/myapp")`` or ``file:///var/lock/myapp``. The
+    directory is created (mode ``0o700`` unless ``mode`` says otherwise) if missing. Every
+    manager, copy and process naming the same directory shares the same locks. It is a
+    drop-in for Prefect's ``FileSystemLockManager(lock_files_directory)``.
+
+    Guarantees and limits:
+
+    * Mutual exclusion across the threads, tasks and processes of a host: every change to a
+      key's record is made under an exclusive ``flock`` of its file, so two callers never
+      both win a grant, and breaking a dead or expired hold is atomic (the breaker re-reads
+      the record under the lock, so it can never remove a fresh hold that replaced it).
+    * No torn reads: records carry CRC-32 checks; a reader that catches a record mid-write
+      re-reads it under a shared lock. A record that is still not whole (a writer killed
+      mid-write, a foreign file) reads as a broken hold and is repaired by the next writer;
+      a symlink, directory or other non-regular file at a key's name is never followed or
+      written through: writers raise :class:`~txlock.CorruptRecord` naming it.
+    * ``hold_timeout=None``: the hold lasts until released or until the process that took it
+      exits; the kernel drops that process's ``flock`` on its life file at once, and inotify
+      wakes the waiters, so a dead process's holds are taken over within milliseconds (the
+      safety net is a re-check every 0.25 s). A child made with ``fork`` cannot end or keep
+      alive its parent's holds. ``hold_timeout=T``: the hold ends T seconds after the grant
+      on the wall clock (``time.time()``), whatever happens to its process; a step of the
+      system clock moves that end with it.
+    * Fencing tokens strictly increase per key, across processes and restarts (the counter
+      lives in the record; removing a free record raises the directory's high-water mark
+      first). Deleting the directory restarts them.
+    * Waiters sleep on inotify wake-ups (Linux), else poll with a backoff from 1 ms to 50 ms.
+      Async waiters hold no thread. Waiters are not served in strict arrival order, but none
+      starves: a waiter that has waited 50 ms reserves the next grant unless an older waiter
+      holds the reservation. ``LockInfo.waiters`` is ``None`` (waiters in other processes are
+      not counted).
+    * Files: one record per key (removed about 5 s after its key is freed by this process,
+      if still free), one life file per process, one ``tokens`` file. Descriptors: two per
+      directory and process, plus one per call in progress; none per held lock.
+    * Local file systems only: ``flock`` and inotify do not span hosts over NFS.
+    """
+
+    schemes = ("file",)
+    capabilities = Capabilities(
+        processes=True,
+        notes=(
+            "waiters in other processes are not counted",
+            "no strict FIFO order; a waiter of 50 ms reserves the next grant",
+        ),
+    )
+
+    def __init__(self, directory: str | os.PathLike[str], *, mode: int = 0o700, **options: Any) -> None:
+        super().__init__(**options)
+        raw = os.fspath(directory)
+        if not isinstance(raw, str):
+            raise TypeError(f"directory must be a str or os.PathLike[str], not {type(directory).__name__}")
+        if not raw:
+            raise ConfigurationError("directory must not be empty; name the lock directory")
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError(f"mode must be an int such as 0o700, not {type(mode).__name__}")
+        if mode & ~0o7777 or mode & 0o700 != 0o700:
+            raise ConfigurationError(f"mode {mode:#o} must give the owner rwx (0o700) and stay within 0o7777")
+        self.directory = os.path.abspath(os.path.expanduser(raw))
+        self.mode = mode
+        self._state: _Dir | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._d()
+
+    def _d(self) -> _Dir:
+        state = self._state
+        if state is None:
+            state = _attach(self.directory, self.mode)
+            self._finalizer = weakref.finalize(self, _pending.append, state)
+            self._state = state
+        return state
+
+    def close(self) -> None:
+        """Let go of this manager's share of the directory state; holds are not released.
+
+        The directory descriptor and this process's life file are shared by every manager
+        of the process on the directory, and are let go of with the last one only if no hold
+        of this process is bound to its life. A closed manager reopens on next use.
+        """
+        finalizer, self._finalizer, state, self._state = self._finalizer, None, self._state, None
+        if finalizer is not None and finalizer.detach() is not None and state is not None:
+            _detach(state)
+        _detach_pending()
+
+    # ------------------------------------------------------------------ identity
+
+    def _config(self) -> tuple[Any, ...]:
+        return (self.directory, self.mode)
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {"directory": self.directory, "mode": self.mode, **self._common_kwargs()}
+
+    def _url(self, *, redact: bool) -> str:
+        query = self._common_query()
+        if self.mode != 0o700:
+            query = {"mode": f"{self.mode:o}", **query}
+        text = urlencode(query)
+        return "file://" + quote(self.directory, safe="/") + (f"?{text}" if text else "")
+
+    @classmethod
+    def _from_parsed(cls, url: str, options: Mapping[str, str]) -> FileSystemLockManager:
+        from txlock._url import common_options
+
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(
+                f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path (three slashes)"
+            )
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise ConfigurationError(f"file URL {url!r} needs an absolute path: file:///absolute/path")
+        kwargs = common_options(options, allowed=("mode",))
+        if "mode" in options:
+            try:
+                kwargs["mode"] = int(options["mode"], 8)
+            except ValueError:
+                raise ConfigurationError(f"option mode={options['mode']!r} is not an octal mode such as 700") from None
+        return cls(path, **kwargs)
+
+    def path_for(self, key: str) -> str:
+        """The path of ``key``'s record file (a hash of the key, always inside the directory)."""
+        return os.path.join(self.directory, key_filename(key))
+
+    # ------------------------------------------------------------------ record access
+
+    def _locked(self, d: _Dir, name: str, create: bool) -> int | None:
+        """Open ``name`` and take its exclusive flock; ``None`` if absent and not ``create``."""
+        while True:
+            try:
+                fd = _open(name, _RWC if create else _RW, d.fd, d.file_mode)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+                    raise self._foreign(name, exc) from exc
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                st = os.fstat(fd)
+            except BaseException:
+                _close(fd)
+                raise
+            if not stat.S_ISREG(st.st_mode):
+                _close(fd)
+                raise self._foreign(name, None)
+            if st.st_nlink:
+                if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != d.file_mode:
+                    os.fchmod(fd, d.file_mode)  # a new file: the umask must not change its mode
+                return fd
+            _close(fd)  # removed by a collector while we waited for it: open the new one
+
+    def _foreign(self, name: str, exc: OSError | None) -> CorruptRecord:
+        path = os.path.join(self.directory, name)
+        what = "a symbolic link or special file" if exc is None or exc.errno != errno.EISDIR else "a directory"
+        return CorruptRecord(
+            f"{path} is {what}, not a txlock record; txlock never follows or writes through it. "
+            "Remove it (nothing of txlock's is lost) and check who can write to the lock directory."
+        )
+
+    def _load(self, d: _Dir, fd: int, name: str, kb: bytes) -> tuple[_Rec, bool]:
+        """The record of an open, exclusively locked file; ``True`` when it must be rewritten."""
+        data = _read_all(fd)
+        if not data:
+            return _Rec(d.read_hw(), kb), False  # a new file
+        rec, counter = _decode_record(data)
+        if rec is not None and rec.key == kb:
+            return rec, False
+        base = max(counter or 0, d.read_hw())
+        log.warning(
+            "lock file %s holds no whole record of this key (a writer died mid-write or a foreign "
+            "file); treating it as a broken hold, token counter continues from %d",
+            os.path.join(self.directory, name),
+            base,
+        )
+        return _Rec(base, kb), True
+
+    def _current(self, d: _Dir, key: str) -> _Rec | None:
+        rec = _peek(d, key_filename(key))
+        if rec is None or rec.key != encode(key) or not _live(d, rec, time.time()):
+            return None
+        return rec
+
+    # ------------------------------------------------------------------ primitives
+
+    @_translated("acquire a lock")
+    def _try_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
+        d = self._d()
+        name = key_filename(key)
+        reg = d.register(name, waiter) if waiter is not None else None
+        while True:
+            result = self._attempt(d, name, key, holder, ttl, reg)
+            if isinstance(result, Lease):
+                if waiter is not None:
+                    d.unregister(waiter)
+                return result
+            busy, life = result
+            if waiter is None or reg is None or life is None or f"{_LIFE_DIR}/{life.hex()}" in reg.names:
+                return busy
+            # Watch the holder's process, then look again: a death between the attempt and
+            # the registration must not go unnoticed until the safety net.
+            d.register(f"{_LIFE_DIR}/{life.hex()}", waiter)
+            if d.alive(life):
+                return busy
+
+    def _attempt(
+        self, d: _Dir, name: str, key: str, holder: str, ttl: float | None, reg: _Reg | None
+    ) -> Lease | tuple[Busy, bytes | None]:
+        kb, hb = encode(key), encode(holder)
+        fd = self._locked(d, name, create=True)
+        assert fd is not None
+        try:
+            rec, dirty = self._load(d, fd, name, kb)
+            now = time.time()
+            live = _live(d, rec, now)
+            if live and rec.holder == hb:
+                # The same holder again: granted at once, token kept, expiry per this call.
+                rec.bind(ttl, now, d.own_life() if ttl is None else _NO_LIFE)
+                if reg is not None and rec.res_id == reg.ident:
+                    rec.unreserve()
+                _write_all(fd, _encode_record(rec))
+                self._bound(d, name, ttl)
+                return _lease(key, holder, rec)
+            if not live:
+                reserved = _reserved(d, rec, now)
+                ours = reg is not None and rec.res_id == reg.ident
+                if not reserved or ours or (reg is not None and reg.since < rec.res_since):
+                    dead = rec.life if rec.held else _NO_LIFE
+                    rec.grant(hb, ttl, now, d.own_life() if ttl is None else _NO_LIFE, rec.counter + 1)
+                    if ours or not reserved:
+                        rec.unreserve()
+                    _write_all(fd, _encode_record(rec))
+                    self._bound(d, name, ttl)
+                    if dead != _NO_LIFE:
+                        d.bury(dead)  # the dead process's life file, no longer needed
+                    return _lease(key, holder, rec)
+                retry = min(rec.res_seen + RESERVATION_STALE - now, d.retry_net(reg))
+                if dirty:
+                    _write_all(fd, _encode_record(rec))
+                return Busy(None, max(retry, 0.0005)), None
+            # Held by another: wait. A waiter that has waited long enough reserves the next
+            # grant, unless an older waiter holds the reservation (so no waiter starves).
+            if reg is not None and now - reg.since >= RESERVE_AFTER:
+                if rec.res_id == reg.ident:
+                    if now - rec.res_seen > RESERVATION_STALE / 4:
+                        rec.res_seen = now
+                        _write_all(fd, _encode_record(rec))
+                elif reg.since < rec.res_since or not _reserved(d, rec, now):
+                    rec.res_id, rec.res_since, rec.res_seen, rec.res_life = reg.ident, reg.since, now, d.own_life()
+                    reg.reserved = True
+                    _write_all(fd, _encode_record(rec))
+            retry = d.retry_net(reg)
+            if rec.expires_at:
+                retry = min(retry, max(rec.expires_at - now, 0.0005))
+            return Busy(decode(rec.holder), retry), (None if rec.expires_at else rec.life)
+        finally:
+            _close(fd)
+
+    def _bound(self, d: _Dir, name: str, ttl: float | None) -> None:
+        with d.mutex:
+            if ttl is None:
+                d.bound.add(name)
+            else:
+                d.bound.discard(name)
+
+    def _freed(self, d: _Dir, name: str) -> None:
+        with d.mutex:
+            d.bound.discard(name)
+            waiters = list(d.waiters.get(name, ()))
+            d.freed.add(name)
+            if d.gc_job is None and not d.retired:
+                d.gc_job = _scheduler.schedule(d.gc, GC_INTERVAL, name=f"gc {d.path}")
+        for waiter in waiters:  # waiters of this process, at once (others hear it from inotify)
+            waiter.wake()
+
+    @_translated("release a lock")
+    def _release(self, key: str, holder: str) -> str | None:
+        d = self._d()
+        name = key_filename(key)
+        fd = self._locked(d, name, create=False)
+        if fd is None:
+            return None
+        try:
+            rec, dirty = self._load(d, fd, name, encode(key))
+            if rec.held and _live(d, rec, time.time()) and rec.holder != encode(holder):
+                return decode(rec.holder)
+            if not (rec.held or dirty):
+                return None
+            dead = rec.life if rec.held else _NO_LIFE
+            rec.free()
+            _write_all(fd, _encode_record(rec))
+        finally:
+            _close(fd)
+        if dead != _NO_LIFE and not d.alive(dead):
+            d.bury(dead)
+        self._freed(d, name)
+        return None
+
+    @_translated("renew a lock")
+    def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
+        d = self._d()
+        name = key_filename(key)
+        fd = self._locked(d, name, create=False)
+        if fd is None:
+            return None
+        try:
+            rec, _dirty = self._load(d, fd, name, encode(key))
+            now = time.time()
+            if not (_live(d, rec, now) and rec.holder == encode(holder) and rec.counter == token):
+                return None
+            rec.bind(ttl, now, d.own_life() if ttl is None else _NO_LIFE)
+            _write_all(fd, _encode_record(rec))
+        finally:
+            _close(fd)
+        self._bound(d, name, ttl)
+        return _lease(key, holder, rec)
+
+    @_translated("read a lock")
+    def _holder(self, key: str) -> str | None:
+        rec = self._current(self._d(), key)
+        return None if rec is None else decode(rec.holder)
+
+    @_translated("inspect a lock")
+    def _inspect(self, key: str) -> LockInfo | None:
+        rec = self._current(self._d(), key)
+        return None if rec is None else _info(rec)
+
+    @_translated("list the locks")
+    def _list(self, prefix: str | None) -> list[LockInfo]:
+        d = self._d()
+        with os.scandir(d.fd) as entries:
+            names = [e.name for e in entries if _NAME_RE.fullmatch(e.name)]
+        now = time.time()
+        found: list[tuple[str, LockInfo]] = []
+        for name in names:
+            rec = _peek(d, name)
+            if rec is None or not _live(d, rec, now):
+                continue
+            try:
+                key = decode(rec.key)
+            except UnicodeDecodeError:
+                continue
+            if key_filename(key) != name or (prefix is not None and not key.startswith(prefix)):
+                continue  # a record copied under a foreign name is not a lock
+            found.append((key, _info(rec)))
+        found.sort(key=lambda item: item[0])
+        return [info for _, info in found]
+
+    @_translated("force-release a lock")
+    def _force_release(self, key: str) -> bool:
+        d = self._d()
+        name = key_filename(key)
+        fd = self._locked(d, name, create=False)
+        if fd is None:
+            return False
+        try:
+            rec, dirty = self._load(d, fd, name, encode(key))
+            was = _live(d, rec, time.time())
+            if not (rec.held or dirty):
+                return False
+            rec.free()
+            _write_all(fd, _encode_record(rec))
+        finally:
+            _close(fd)
+        self._freed(d, name)
+        return was
+
+    @_translated("watch a lock")
+    def _watch(self, key: str, waiter: Waiter | None) -> Busy | None:
+        d = self._d()
+        name = key_filename(key)
+        reg = d.register(name, waiter) if waiter is not None else None
+        while True:
+            rec = self._current(d, key)
+            if rec is None:
+                return None
+            retry = d.retry_net(reg)
+            if rec.expires_at:
+                retry = min(retry, max(rec.expires_at - time.time(), 0.0005))
+            busy = Busy(decode(rec.holder), retry)
+            life_name = f"{_LIFE_DIR}/{rec.life.hex()}"
+            if waiter is None or reg is None or rec.expires_at or life_name in reg.names:
+                return busy
+            d.register(life_name, waiter)  # then look again (see _try_acquire)
+
+    @_translated("withdraw a waiter")
+    def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
+        d = self._d()
+        reg = d.unregister(waiter)
+        if reg is None or not reg.reserved:
+            return None
+        # Give up our reservation so the next waiter need not wait for it to go stale.
+        name = key_filename(key)
+        fd = self._locked(d, name, create=False)
+        if fd is None:
+            return None
+        try:
+            rec, _dirty = self._load(d, fd, name, encode(key))
+            if rec.res_id == reg.ident:
+                rec.unreserve()
+                _write_all(fd, _encode_record(rec))
+        finally:
+            _close(fd)
+        d.wake(name)
+        return None
