@@ -31,7 +31,6 @@ How it works (see ``docs/sqlite.md`` for the full story):
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import errno
@@ -42,7 +41,6 @@ import os
 import re
 import sqlite3
 import stat
-import struct
 import threading
 import time
 import zlib
@@ -50,6 +48,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
+from txlock import _inotify
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
 from txlock._manager import BaseLockManager, parse_seconds
 from txlock._types import Busy, Capabilities, Lease, LockInfo
@@ -463,7 +462,30 @@ class _Database:
             with self.wmutex:
                 self.waiters.setdefault(bucket, set()).add(waiter)
             if not self.watched:
-                self.watched = _watcher.watch(self)
+                self.watched = self._watch()
+
+    def _watch(self) -> bool:
+        """Have release and death signals of other processes delivered; ``False`` if impossible."""
+        watcher = _inotify.get()
+        if watcher is None:
+            return False
+        try:
+            watcher.watch(self.sidecar, _WATCH_MASK, self._on_event)
+        except OSError as exc:
+            log.debug("cannot watch %s (%s); waiters poll", self.sidecar, exc)
+            return False
+        return True
+
+    def _on_event(self, mask: int, name: bytes) -> None:
+        if mask & (_inotify.IN_Q_OVERFLOW | _inotify.IN_IGNORED):
+            if mask & _inotify.IN_IGNORED:
+                self.watched = False
+            self.wake(None)
+        elif name.startswith(b"s-"):
+            with contextlib.suppress(ValueError):
+                self.wake(int(name[2:], 16))
+        elif name.startswith(b"o-") and mask & _inotify.IN_CLOSE_WRITE:
+            self.wake(None)  # a process holding locks died (or exited)
 
     def unregister(self, waiter: Waiter) -> None:
         data = waiter.data
@@ -564,6 +586,10 @@ def _probe(path: str) -> bool:
         os.close(fd)
 
 
+_WATCH_MASK = (
+    _inotify.IN_ATTRIB | _inotify.IN_CLOSE_WRITE | _inotify.IN_CREATE | _inotify.IN_MOVED_TO | _inotify.IN_ONLYDIR
+)
+
 _databases: dict[tuple[str, float], _Database] = {}
 _databases_mutex = threading.Lock()
 _graveyard: list[sqlite3.Connection] = []
@@ -583,7 +609,6 @@ def _after_fork() -> None:
     _databases_mutex = threading.Lock()
     for db in _databases.values():
         db.after_fork()
-    _watcher.after_fork()
 
 
 def _at_exit() -> None:
@@ -597,104 +622,6 @@ def _at_exit() -> None:
 
 os.register_at_fork(after_in_child=_after_fork)
 atexit.register(_at_exit)
-
-
-# ---------------------------------------------------------------------- the watcher (one thread per process)
-
-_IN_ATTRIB, _IN_CLOSE_WRITE, _IN_CREATE, _IN_MOVED_TO = 0x4, 0x8, 0x100, 0x80
-_IN_Q_OVERFLOW, _IN_IGNORED, _IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
-_EVENT = struct.Struct("iIII")
-
-
-class _Watcher:
-    """One inotify descriptor and one daemon thread per process, for every database."""
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.fd = -1
-        self.failed = False
-        self.wds: dict[int, _Database] = {}
-        self.libc: Any = None
-
-    def watch(self, db: _Database) -> bool:
-        """Start delivering ``db``'s release and death signals; ``False`` if impossible."""
-        with self.mutex:
-            if self.failed:
-                return False
-            if self.fd < 0 and not self._start():
-                return False
-            wd = self.libc.inotify_add_watch(
-                self.fd, os.fsencode(db.sidecar), _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR
-            )
-            if wd < 0:
-                log.debug("inotify_add_watch(%s) failed: errno %d; polling", db.sidecar, self.libc_errno())
-                return False
-            self.wds[wd] = db
-            return True
-
-    def libc_errno(self) -> int:
-        import ctypes
-
-        return ctypes.get_errno()
-
-    def _start(self) -> bool:
-        try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-            fd = libc.inotify_init1(os.O_CLOEXEC)
-        except (OSError, AttributeError) as exc:
-            log.debug("no inotify (%s); waiters poll", exc)
-            self.failed = True
-            return False
-        if fd < 0:
-            self.failed = True
-            return False
-        self.libc, self.fd = libc, fd
-        threading.Thread(target=self._run, args=(fd,), name="txlock-sqlite-watch", daemon=True).start()
-        return True
-
-    def _run(self, fd: int) -> None:
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                return
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                wd, mask, _, length = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
-                offset += _EVENT.size + length
-                self._dispatch(wd, mask, name)
-
-    def _dispatch(self, wd: int, mask: int, name: bytes) -> None:
-        if mask & _IN_Q_OVERFLOW:
-            for every in list(self.wds.values()):
-                every.wake(None)
-            return
-        db = self.wds.get(wd)
-        if db is None:
-            return
-        if mask & _IN_IGNORED:
-            with self.mutex:
-                self.wds.pop(wd, None)
-            db.watched = False
-            db.wake(None)
-        elif name.startswith(b"s-"):
-            with contextlib.suppress(ValueError):
-                db.wake(int(name[2:], 16))
-        elif name.startswith(b"o-") and mask & _IN_CLOSE_WRITE:
-            db.wake(None)  # a process holding locks died (or exited)
-
-    def after_fork(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-        self.__init__()  # type: ignore[misc]
-
-
-_watcher = _Watcher()
 
 
 # ---------------------------------------------------------------------- operations (run under a connection's mutex)
@@ -900,6 +827,8 @@ class SQLiteLockManager(BaseLockManager):
             try:
                 return self._db.aio.call(op, *args)
             except _Locked:
+                import asyncio  # imported where used: sync-only start-up (the CLI) stays lean
+
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _POLL_CAP)
 
