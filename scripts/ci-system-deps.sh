@@ -18,3 +18,7 @@ apt_install() {
 # PostgreSQL backend: pgbouncer in transaction-pooling mode in front of a private server
 # (tests/plugins/postgres_servers.py). The package's system service is not used.
 apt_install pgbouncer pgbouncer
+
+# Redis backend: private redis-server instances and a 3-master cluster (redis-cli --cluster)
+# for the kill, restart and cluster tests. Machines of this kind ship them; install if not.
+apt_install redis-server redis-server
