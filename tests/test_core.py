@@ -124,3 +124,22 @@ def test_interrupting_a_blocked_sync_acquire_cleans_up() -> None:
     assert not m._store.queues
     m.release_lock("k", "owner")
     assert not m.is_locked("k")
+
+
+def test_renewing_many_leases_uses_one_background_thread() -> None:
+    import contextlib
+    import threading
+
+    from txlock import _scheduler
+
+    m = MemoryLockManager(f"renew-{uuid.uuid4().hex}")
+    before = {t.name for t in threading.enumerate()}
+    jobs = _scheduler.job_count()
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(m.lock(f"k{i}", ttl=30)) for i in range(100)]
+        assert _scheduler.job_count() >= 100
+        started = [t for t in threading.enumerate() if t.name not in before]
+        assert [t.name for t in started] in ([], ["txlock-heartbeat"])
+        assert all(not h.lost for h in held)
+    assert m.list_locks() == []
+    assert _scheduler.job_count() == jobs  # every renewal stopped with its block
