@@ -27,6 +27,11 @@ class SlowNetwork(MemoryLockManager):
         self.reply = asyncio.Event()
         self.in_flight = asyncio.Event()
 
+    async def _await(self, key: str, waiter: Any, timeout: float) -> bool:
+        woken = await super()._await(key, waiter, timeout)
+        waiter.lease = None  # like a backend whose wake-up does not carry the grant: ask again
+        return woken
+
     async def _atry_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
         result = self._try_acquire(key, holder, ttl, waiter)  # the server has done it...
         self.in_flight.set()

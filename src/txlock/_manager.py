@@ -299,6 +299,9 @@ class BaseLockManager:
                 else:
                     assert isinstance(result, Busy)
                     yield (_WAIT, key, waiter, min(remaining, result.retry_after))
+                    if waiter.lease is not None:  # handed over directly: nothing to ask
+                        result = waiter.lease
+                        break
                 # Register (first time), then look again: a release between the last look
                 # and the registration must not be missed.
                 result = yield (_CALL, "_try_acquire", (key, holder, ttl, waiter))

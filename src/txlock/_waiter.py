@@ -17,16 +17,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio
 
+    from txlock._types import Lease
+
 __all__ = ["AsyncWaiter", "ThreadWaiter", "Waiter"]
 
 
 class Waiter:
-    """Base of both waiter kinds. ``data`` belongs to the backend that queued the waiter."""
+    """Base of both waiter kinds. ``data`` belongs to the backend that queued the waiter;
+    a backend that hands the lock directly to a waiter also sets ``lease``, so the waiting
+    loop returns it without asking the store again."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "lease")
 
     def __init__(self) -> None:
         self.data: Any = None
+        self.lease: Lease | None = None
 
     def wake(self) -> None:
         """Wake the waiting call. Safe from any thread, any number of times."""

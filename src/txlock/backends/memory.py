@@ -148,7 +148,8 @@ class MemoryLockManager(BaseLockManager):
             store.holds[key] = hold
             # The hand-off is the grant: the waiter returns it even if the hold is gone by
             # the time it runs (released by someone using the same holder name).
-            waiter.data = (holder, ttl, _GRANTED, self._lease(key, hold, now))
+            waiter.data = (holder, ttl, _GRANTED, None)
+            waiter.lease = self._lease(key, hold, now)
             waiter.wake()
             return hold
         del store.holds[key]
@@ -170,9 +171,9 @@ class MemoryLockManager(BaseLockManager):
         waiter.data = None
         if data is None:
             return None
-        holder, _, state, granted = data
+        holder, _, state, _ = data
         if state == _GRANTED:
-            return granted  # type: ignore[no-any-return]
+            return waiter.lease
         registry: Any = store.watchers if holder is None else store.queues
         entries = registry.get(key)
         if entries and waiter in entries:
@@ -187,10 +188,9 @@ class MemoryLockManager(BaseLockManager):
         store = self._store
         with store.mutex:
             now = store.clock()
-            if waiter is not None and waiter.data is not None and waiter.data[2] == _GRANTED:
-                granted: Lease = waiter.data[3]
+            if waiter is not None and waiter.lease is not None:
                 waiter.data = None
-                return granted
+                return waiter.lease
             hold = store.holds.get(key)
             if hold is not None and hold[_DEADLINE] <= now:
                 hold = self._vacate(store, key, now)
