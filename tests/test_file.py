@@ -433,9 +433,11 @@ def test_holds_take_no_descriptors(m: FileSystemLockManager) -> None:
     before = _fds()
     for i in range(300):
         assert m.acquire_lock(f"key-{i}", "h")
-    assert _fds() == before
+    # Only the descriptors of the last keys used are kept (a bounded cache), not one per hold.
+    assert _fds() <= before + F.FD_CACHE
     for i in range(300):
         m.release_lock(f"key-{i}", "h")
+    assert _fds() <= before + F.FD_CACHE
 
 
 def test_the_directory_is_private_unless_asked(tmp_path: Path) -> None:
@@ -511,7 +513,11 @@ def test_planted_symlinks_are_never_followed(m: FileSystemLockManager, tmp_path:
     thread.start()
     granted = refused = misnamed = 0
     try:
-        for i in range(10_000):
+        # At least 10,000 rounds, and on until the attacker has swapped often enough (it is a
+        # thread: how often it runs depends on how often the loop lets go of the GIL).
+        deadline, i = time.monotonic() + 60, -1
+        while (i < 10_000 or swaps <= 200 or not granted or not refused) and time.monotonic() < deadline:
+            i += 1
             try:
                 if m.acquire_lock("k", f"h{i}", acquire_timeout=0, hold_timeout=None if i % 2 else 30):
                     granted += 1

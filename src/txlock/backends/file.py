@@ -18,10 +18,11 @@ A hold without ``hold_timeout`` names the *life file* of the process that took i
 process keeps an exclusive ``flock`` on its life file until it exits, so the kernel itself
 says whether the owner is alive: no PID (PIDs are reused) and no heartbeat is involved.
 
-Waiters are woken by inotify (Linux): one watcher thread per process reads the events of
-every watched directory and wakes the local waiters of the key that changed, or of the
-process that died (the kernel closes a dead process's life file, which inotify reports).
-Elsewhere waiters poll with a short exponential backoff.
+Waiters are woken by inotify (Linux): a waiter writes its process's *bell* into the record;
+a release *rings* the oldest bell by touching that process's life file, and that process's
+watcher thread (one per process) wakes one local waiter. A death is seen the same way (the
+kernel closes a dead process's life file, which inotify reports). Elsewhere waiters poll
+with a short exponential backoff.
 """
 
 from __future__ import annotations
@@ -65,10 +66,21 @@ SAFETY_NET = 0.25
 POLL_FIRST, POLL_MAX = 0.001, 0.05
 #: A waiter that has waited this long reserves the next grant (if it is the oldest).
 RESERVE_AFTER = 0.05
+#: For this long after a reservation is made, the holder's process may still re-acquire
+#: (batching hand-offs under contention); then only the reserver is served.
+GRACE = 0.005
+#: A waiter woken in vain (the key held again) is not rung for this long, doubling up to
+#: QUIET_MAX; it looks again by itself at the end.
+QUIET_FIRST, QUIET_MAX = 0.0005, 0.008
+#: Processes with waiters that a record remembers, to ring the oldest at each release.
+BELLS = 8
 #: A reservation not refreshed for this long is void (its waiter stopped trying).
 RESERVATION_STALE = 2.0
 #: How often this process removes the files of keys it freed.
 GC_INTERVAL = 5.0
+#: Open record descriptors kept per process and directory, for the keys used last (so an
+#: acquire+release of a hot key costs no open/close; bounded, so held keys cost none).
+FD_CACHE = 8
 #: Records larger than this are not records (a foreign file).
 _MAX_RECORD = 1 << 24
 
@@ -76,11 +88,18 @@ _MAX_RECORD = 1 << 24
 
 # counter u64, crc32(counter) u32, magic u32, body length u32, crc32(counter + body) u32
 _HEAD = struct.Struct("<QIIII")
-# state, acquired_at, expires_at (0 = bound to its process), ttl (0 = none), pid, life id,
-# reservation id, reservation since, reservation last seen, reservation life id,
-# key length, holder length; then the key and the holder bytes.
-_BODY = struct.Struct("<B3xdddI16s8sdd16sII")
-_MAGIC = 0x314C5854  # b"TXL1"
+# state, number of bells, acquired_at, expires_at (0 = bound to its process), ttl (0 = none),
+# pid, life id, reservation id, reservation since (when its waiter began to wait),
+# reservation last seen, reservation made at, reservation life id, key length, holder
+# length; then the bells, the key and the holder bytes.
+_BODY = struct.Struct("<BB2xdddI16s8sddd16sII")
+# A bell: a process with waiters on the key (its life id), since when its oldest local
+# waiter waits, when it last said so, and until when not to ring it (it looks by itself
+# then). A release rings the first (the oldest) only.
+_BELL = struct.Struct("<16sddd")
+_Bell = tuple[bytes, float, float, float]
+_FULL = struct.Struct("<QIIII" + _BODY.format[1:])  # head and body in one unpack
+_MAGIC = 0x324C5854  # b"TXL2"
 _HW = struct.Struct("<QI")
 _NO_LIFE = bytes(16)
 _NO_RES = bytes(8)
@@ -93,8 +112,11 @@ _TOKENS = "tokens"
 class _Rec:
     """One decoded record (the state of one key)."""
 
+    # _decode_record builds records with _new_rec and sets every slot itself.
+
     __slots__ = (
         "acquired_at",
+        "bells",
         "counter",
         "expires_at",
         "held",
@@ -102,6 +124,7 @@ class _Rec:
         "key",
         "life",
         "pid",
+        "res_at",
         "res_id",
         "res_life",
         "res_seen",
@@ -122,14 +145,16 @@ class _Rec:
         self.res_id = _NO_RES
         self.res_since = 0.0
         self.res_seen = 0.0
+        self.res_at = 0.0
         self.res_life = _NO_LIFE
+        self.bells: list[_Bell] = []  # oldest first
 
     def grant(self, holder: bytes, ttl: float | None, now: float, life: bytes, token: int) -> None:
         self.held = True
         self.holder = holder
         self.counter = token
         self.acquired_at = now
-        self.pid = os.getpid()
+        self.pid = _pid
         self.bind(ttl, now, life)
 
     def bind(self, ttl: float | None, now: float, life: bytes) -> None:
@@ -147,13 +172,54 @@ class _Rec:
         self.life = _NO_LIFE
 
     def unreserve(self) -> None:
-        self.res_id, self.res_since, self.res_seen, self.res_life = _NO_RES, 0.0, 0.0, _NO_LIFE
+        self.res_id, self.res_since, self.res_seen, self.res_at, self.res_life = _NO_RES, 0.0, 0.0, 0.0, _NO_LIFE
+
+    def add_bell(self, life: bytes, since: float, now: float, quiet: float = 0.0) -> bool:
+        """Ask to be rung at a release (process ``life``, waiting since ``since``, not before
+        ``quiet``); whether the record changed. Stale bells go; beyond ``BELLS`` the youngest
+        is left out (its waiters look again at the safety net and get in as older ones are
+        served)."""
+        bells = self.bells
+        for i, (other, since0, seen, quiet0) in enumerate(bells):
+            if other == life:
+                if since < since0 or now - seen > RESERVATION_STALE / 4 or quiet != quiet0:
+                    bells[i] = (life, min(since, since0), now, quiet)
+                    bells.sort(key=_since)
+                    return True
+                return False
+        kept = [bell for bell in bells if now - bell[2] < RESERVATION_STALE]
+        kept.append((life, since, now, quiet))
+        kept.sort(key=_since)
+        del kept[BELLS:]
+        changed = kept != bells
+        self.bells = kept
+        return changed
+
+    def drop_bell(self, life: bytes) -> bool:
+        """No more waiters in process ``life``; whether the record changed."""
+        kept = [bell for bell in self.bells if bell[0] != life]
+        changed = len(kept) != len(self.bells)
+        self.bells = kept
+        return changed
+
+    def in_grace(self, now: float) -> bool:
+        """Whether a reservation stands but is younger than ``GRACE`` (the holder's process
+        may still re-acquire; the reserver sleeps until the grace ends)."""
+        return self.res_id != _NO_RES and now < self.res_at + GRACE
+
+
+_new_rec = object.__new__
+
+
+def _since(bell: _Bell) -> float:
+    return bell[1]
 
 
 def _encode_record(rec: _Rec) -> bytes:
     body = (
         _BODY.pack(
             1 if rec.held else 0,
+            len(rec.bells),
             rec.acquired_at,
             rec.expires_at,
             rec.ttl,
@@ -162,10 +228,12 @@ def _encode_record(rec: _Rec) -> bytes:
             rec.res_id,
             rec.res_since,
             rec.res_seen,
+            rec.res_at,
             rec.res_life,
             len(rec.key),
             len(rec.holder),
         )
+        + b"".join([_BELL.pack(*bell) for bell in rec.bells])
         + rec.key
         + rec.holder
     )
@@ -177,26 +245,34 @@ def _encode_record(rec: _Rec) -> bytes:
 def _decode_record(data: bytes) -> tuple[_Rec | None, int | None]:
     """``(record, counter)``: the record if ``data`` holds a whole one, and the token counter
     whenever its own check passes (it survives a body torn by a writer killed mid-write)."""
-    if len(data) < _HEAD.size:
-        return None, None
-    counter, ccrc, magic, blen, bcrc = _HEAD.unpack_from(data)
+    if len(data) < _FULL.size:
+        return None, _decode_counter(data)
+    (counter, ccrc, magic, blen, bcrc, state, nbells, acquired, expires, ttl, pid, life, res_id, res_since, res_seen,
+     res_at, res_life, klen, hlen) = _FULL.unpack_from(data)
     if zlib.crc32(data[:8]) != ccrc:
         return None, None
     end = _HEAD.size + blen
-    if magic != _MAGIC or blen < _BODY.size or len(data) < end or zlib.crc32(data[_HEAD.size : end], ccrc) != bcrc:
+    if magic != _MAGIC or _BODY.size + nbells * _BELL.size + klen + hlen != blen or len(data) < end:
         return None, counter
-    (state, acquired, expires, ttl, pid, life, res_id, res_since, res_seen, res_life, klen, hlen) = _BODY.unpack_from(
-        data, _HEAD.size
+    if zlib.crc32(data[_HEAD.size : end], ccrc) != bcrc:
+        return None, counter
+    rec = _new_rec(_Rec)
+    start = _FULL.size + nbells * _BELL.size
+    rec.bells = [_BELL.unpack_from(data, at) for at in range(_FULL.size, start, _BELL.size)] if nbells else []
+    rec.counter, rec.key, rec.holder = counter, data[start : start + klen], data[start + klen : end]
+    rec.held, rec.acquired_at, rec.expires_at, rec.ttl, rec.pid, rec.life = (
+        state == 1, acquired, expires, ttl, pid, life
     )
-    if _BODY.size + klen + hlen != blen:
-        return None, counter
-    start = _HEAD.size + _BODY.size
-    rec = _Rec(counter, data[start : start + klen])
-    rec.held = state == 1
-    rec.holder = data[start + klen : end]
-    rec.acquired_at, rec.expires_at, rec.ttl, rec.pid, rec.life = acquired, expires, ttl, pid, life
-    rec.res_id, rec.res_since, rec.res_seen, rec.res_life = res_id, res_since, res_seen, res_life
+    rec.res_id, rec.res_since, rec.res_seen, rec.res_at, rec.res_life = res_id, res_since, res_seen, res_at, res_life
     return rec, counter
+
+
+def _decode_counter(data: bytes) -> int | None:
+    """The token counter of a record whose body is not whole, if its own check passes."""
+    if len(data) < _HEAD.size:
+        return None
+    counter, ccrc = _HEAD.unpack_from(data)[:2]
+    return counter if zlib.crc32(data[:8]) == ccrc else None
 
 
 def _encode_hw(value: int) -> bytes:
@@ -229,6 +305,11 @@ def key_filename(key: str) -> str:
 # description, which fork shares).
 _fork_lock = threading.Lock()
 _inflight: set[int] = set()
+_pid = os.getpid()  # (os.getpid() is a system call; the fork hook refreshes this)
+
+# The calls of the hot path, looked up once.
+_flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+_fstat, _pread, _pwrite = os.fstat, os.pread, os.pwrite
 
 _RO = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _RW = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -250,22 +331,22 @@ def _close(fd: int) -> None:
 
 def _read_all(fd: int) -> bytes:
     data = os.pread(fd, 4096, 0)
-    if len(data) >= _HEAD.size:
+    if len(data) == 4096:  # a long key or holder: the record may go on
         need = _HEAD.size + int.from_bytes(data[16:20], "little")
-        if len(data) < need <= _MAX_RECORD:
-            data += os.pread(fd, need - len(data), len(data))
+        if 4096 < need <= _MAX_RECORD:
+            data += os.pread(fd, need - 4096, 4096)
     return data
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    written = os.pwrite(fd, data, 0)
+    written = _pwrite(fd, data, 0)
     if written != len(data):  # only a full disk does this to a local file
         raise OSError(errno.ENOSPC, "short write of a lock record")
 
 
 # ---------------------------------------------------------------- inotify (Linux), one thread per process
 
-_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004
 _IN_CLOSE_WRITE = 0x008
 _IN_DELETE = 0x200
 _IN_Q_OVERFLOW = 0x4000
@@ -348,10 +429,18 @@ class _Inotify:
             if prefix:
                 if mask & _IN_CLOSE_WRITE:
                     d.life_closed(name)
+                elif mask & _IN_ATTRIB:
+                    # A ring (see _ring): ours, or another process's (ignored). Not a watch on
+                    # our own life file: an inotify mark on it delays, at exit, the release of
+                    # its flock by milliseconds, and so the recovery of our holds.
+                    if d.life_id is not None and name == f"{_LIFE_DIR}/{d.life_id.hex()}":
+                        d.rung()
+                    else:
+                        woken.discard((id(d), name))  # rings are not deduplicated per batch
                 else:
                     d.wake(name)
             else:
-                d.key_changed(name)
+                d.wake(name)  # removed
 
 
 _inotify: _Inotify | None = None
@@ -379,14 +468,17 @@ def _get_inotify() -> _Inotify | None:
 class _Reg:
     """What a waiter registered (kept in ``Waiter.data``)."""
 
-    __slots__ = ("backoff", "ident", "names", "reserved", "since")
+    __slots__ = ("acquirer", "backoff", "fails", "ident", "names", "quiet", "reserved", "since")
 
-    def __init__(self, since: float) -> None:
+    def __init__(self, since: float, acquirer: bool) -> None:
         self.since = since
+        self.acquirer = acquirer  # False: waits for the key to be free without taking it
         self.ident = os.urandom(8)
         self.names: set[str] = set()
         self.reserved = False
         self.backoff = POLL_FIRST
+        self.fails = 0  # attempts that found the key held
+        self.quiet = 0.0  # the current interval without rings
 
 
 class _Dir:
@@ -402,13 +494,44 @@ class _Dir:
         self.refs = 1
         self.life_id: bytes | None = None
         self.life_fd = -1
-        self.waiters: dict[str, set[Waiter]] = {}
+        self.waiters: dict[str, dict[Waiter, None]] = {}  # in order of registration
         self.watches: list[int] = []
         self.watching: bool | None = None  # None: not tried yet
         self.freed: set[str] = set()
         self.gc_job: _scheduler.Job | None = None
         self.bound: set[str] = set()  # keys whose hold this process bound to its life
+        self.fds: dict[str, int] = {}  # idle record descriptors (unlocked), least recent first
         self.retired = False
+
+    # ------------------------------------------------------------ record descriptors
+
+    def checkin(self, name: str, fd: int) -> None:
+        """Unlock a record descriptor from ``_locked`` and keep it for the next call on
+        ``name`` (the least recently used beyond ``FD_CACHE`` is closed)."""
+        try:
+            _flock(fd, _LOCK_UN)
+        except BaseException:
+            _close(fd)
+            raise
+        fds = self.fds
+        if fds.setdefault(name, fd) != fd:  # atomic: another thread kept one meanwhile
+            _close(fd)
+        elif len(fds) > FD_CACHE or self.retired:
+            with self.mutex:
+                while len(fds) > (0 if self.retired else FD_CACHE):
+                    try:  # other threads take and give back descriptors without the mutex
+                        old = fds.pop(next(iter(fds)))
+                    except (RuntimeError, KeyError, StopIteration):
+                        continue
+                    _close(old)
+
+    def drop_fds(self) -> None:
+        with self.mutex:
+            fds = list(self.fds.values())
+            self.fds.clear()  # the same dict: a checkin racing this sees ``retired`` and closes
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                _close(fd)
 
     # ------------------------------------------------------------ life
 
@@ -483,14 +606,14 @@ class _Dir:
 
     # ------------------------------------------------------------ waiters
 
-    def register(self, name: str, waiter: Waiter) -> _Reg:
+    def register(self, name: str, waiter: Waiter, acquirer: bool = True) -> _Reg:
         reg = waiter.data
         if reg is None:
-            reg = waiter.data = _Reg(time.time())
+            reg = waiter.data = _Reg(time.time(), acquirer)
         if name not in reg.names:
             reg.names.add(name)
             with self.mutex:
-                self.waiters.setdefault(name, set()).add(waiter)
+                self.waiters.setdefault(name, {})[waiter] = None
             if self.watching is None:
                 self.start_watching()
         assert isinstance(reg, _Reg)
@@ -505,7 +628,7 @@ class _Dir:
             for name in reg.names:
                 waiters = self.waiters.get(name)
                 if waiters is not None:
-                    waiters.discard(waiter)
+                    waiters.pop(waiter, None)
                     if not waiters:
                         del self.waiters[name]
         return reg
@@ -516,18 +639,34 @@ class _Dir:
         for waiter in waiters:
             waiter.wake()
 
-    def key_changed(self, name: str) -> None:
-        """A record changed: wake its waiters, unless it is now under a live hold (a grant
-        to someone else), which would only make every waiter of every process look in vain."""
+    def wake_next(self, name: str) -> None:
+        """``name`` was freed: wake the local waiter that registered first to acquire it (it
+        tries at once; the others wait for its release, or its withdrawal) and every local
+        waiter that only waits for the key to be free. Waking one acquirer per process and
+        release, not all, keeps a release from stampeding every waiting thread."""
         with self.mutex:
-            if name not in self.waiters:
+            waiters = self.waiters.get(name)
+            if not waiters:
                 return
-        try:
-            rec = _peek(self, name, block=False)  # never stall the watcher behind a writer
-        except OSError:  # including a writer still at work: wake, the waiters will see
-            rec = None
-        if rec is None or not _live(self, rec, time.time()):
-            self.wake(name)
+            chosen: list[Waiter] = []
+            first = True
+            for waiter in waiters:
+                reg = waiter.data
+                if not (isinstance(reg, _Reg) and reg.acquirer):
+                    chosen.append(waiter)
+                elif first:
+                    chosen.append(waiter)
+                    first = False
+        for waiter in chosen:
+            waiter.wake()
+
+    def rung(self) -> None:
+        """A release rang this process (see ``_ring``), for a key it does not name: wake the
+        next waiter of every key this process waits for here (usually one)."""
+        with self.mutex:
+            names = [name for name in self.waiters if not name.startswith(_LIFE_DIR)]
+        for name in names:
+            self.wake_next(name)
 
     def wake_all(self) -> None:
         with self.mutex:
@@ -537,9 +676,11 @@ class _Dir:
 
     def life_closed(self, name: str) -> None:
         """The owner of a life file closed it: it is dying. Wait (briefly) until the kernel
-        drops its flock, which happens just after the close event, then wake its waiters."""
+        drops its flock, which happens just after the close event, then wake the waiters
+        watching it, and the next waiter of every key: one that has slept since the dead
+        process took its key (a quiet interval, a grace) has not learned its life yet."""
         with self.mutex:
-            if name not in self.waiters:
+            if not self.waiters:
                 return
         life = bytes.fromhex(name[len(_LIFE_DIR) + 1 :])
         for _ in range(40):
@@ -547,6 +688,7 @@ class _Dir:
                 break
             time.sleep(0.00025)
         self.wake(name)
+        self.rung()
 
     def start_watching(self) -> None:
         with self.mutex:
@@ -557,10 +699,11 @@ class _Dir:
         if inotify is None:
             return
         try:
-            self.watches.append(inotify.add(self, self.fd, self.path, _IN_MODIFY | _IN_DELETE, ""))
+            self.own_life()
+            self.watches.append(inotify.add(self, self.fd, self.path, _IN_DELETE, ""))
+            mask = _IN_CLOSE_WRITE | _IN_DELETE | _IN_ATTRIB  # deaths, burials, rings
             self.watches.append(
-                inotify.add(self, self.life_dir, os.path.join(self.path, _LIFE_DIR), _IN_CLOSE_WRITE | _IN_DELETE,
-                            _LIFE_DIR + "/")
+                inotify.add(self, self.life_dir, os.path.join(self.path, _LIFE_DIR), mask, _LIFE_DIR + "/")
             )
         except OSError as exc:
             log.debug("cannot watch %s with inotify (%s); waiters poll", self.path, exc)
@@ -676,6 +819,7 @@ class _Dir:
                     inotify.remove(wd)
         self.watches.clear()
         self.wake_all()
+        self.drop_fds()
         with _fork_lock:
             if self.life_id is not None:
                 with contextlib.suppress(OSError):
@@ -698,6 +842,7 @@ class _Dir:
         self.freed = set()
         self.gc_job = None
         self.bound = set()
+        self.fds = {}  # closed with every registered descriptor by the fork hook
 
 
 _dirs: dict[tuple[int, int], _Dir] = {}
@@ -774,7 +919,8 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _fork_lock, _inflight, _dirs_mutex, _inotify, _inotify_failed, _inotify_mutex
+    global _fork_lock, _inflight, _dirs_mutex, _inotify, _inotify_failed, _inotify_mutex, _pid
+    _pid = os.getpid()
     for fd in _inflight:
         with contextlib.suppress(OSError):
             os.close(fd)  # close, never unlock: the parent still holds what it holds
@@ -839,8 +985,40 @@ def _peek(d: _Dir, name: str, block: bool = True) -> _Rec | None:
         _close(fd)
 
 
+def _ring(d: _Dir, fd: int, rec: _Rec, now: float) -> None:
+    """Write ``rec`` (under the exclusive lock) after a release, then ring the process of
+    its oldest waiter: change the times of that process's life file, which inotify reports
+    (``IN_ATTRIB``) to that process alone, which wakes one local waiter. Other writes
+    (grants, renewals, reservations) ring no one; nor does a release while a young
+    reservation stands (``GRACE``): the reserver wakes at its end by itself. Waiters of this
+    process are woken directly (``_freed``)."""
+    target = None
+    if rec.bells and not rec.in_grace(now):
+        while rec.bells:
+            life, _since, seen, quiet = rec.bells[0]
+            if now - seen >= RESERVATION_STALE:
+                del rec.bells[0]
+                continue
+            if life != d.life_id and now >= quiet:
+                target = life
+            break
+    while True:
+        _write_all(fd, _encode_record(rec))
+        if target is None:
+            return
+        try:
+            os.utime(target.hex(), dir_fd=d.life_dir, follow_symlinks=False)
+            return
+        except FileNotFoundError:  # that process is gone: ring the next one
+            rec.drop_bell(target)
+            target = rec.bells[0][0] if rec.bells and rec.bells[0][0] != d.life_id else None
+
+
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
+
 def _lease(key: str, holder: str, rec: _Rec) -> Lease:
-    return Lease(key, holder, rec.counter, rec.expires_at or None, rec.ttl or None)
+    return _new_tuple(Lease, (key, holder, rec.counter, rec.expires_at or None, rec.ttl or None))
 
 
 def _info(rec: _Rec) -> LockInfo:
@@ -920,13 +1098,16 @@ class FileSystemLockManager(BaseLockManager):
       lives in the record; removing a free record raises the directory's high-water mark
       first). Deleting the directory restarts them.
     * Waiters sleep on inotify wake-ups (Linux), else poll with a backoff from 1 ms to 50 ms.
-      Async waiters hold no thread. Waiters are not served in strict arrival order, but none
-      starves: a waiter that has waited 50 ms reserves the next grant unless an older waiter
-      holds the reservation. ``LockInfo.waiters`` is ``None`` (waiters in other processes are
-      not counted).
+      A release rings one process, that of the oldest waiter, which wakes one local waiter;
+      async waiters hold no thread. Waiters are not served in strict arrival order (the
+      process that just released a key may take it again at once), but none starves: a
+      waiter that has waited 50 ms reserves the next grant unless an older waiter holds the
+      reservation, and is served once the reservation is 5 ms old. ``LockInfo.waiters`` is
+      ``None`` (waiters in other processes are not counted).
     * Files: one record per key (removed about 5 s after its key is freed by this process,
       if still free), one life file per process, one ``tokens`` file. Descriptors: two per
-      directory and process, plus one per call in progress; none per held lock.
+      directory and process, the life file, and the (unlocked) descriptors of the last
+      ``FD_CACHE`` keys used; none per held lock.
     * Local file systems only: ``flock`` and inotify do not span hosts over NFS.
     """
 
@@ -1017,33 +1198,51 @@ class FileSystemLockManager(BaseLockManager):
 
     # ------------------------------------------------------------------ record access
 
-    def _locked(self, d: _Dir, name: str, create: bool) -> int | None:
-        """Open ``name`` and take its exclusive flock; ``None`` if absent and not ``create``."""
+    def _locked(self, d: _Dir, name: str, create: bool) -> tuple[int, bytes] | None:
+        """Take ``name``'s exclusive flock and read it: ``(descriptor, bytes)``, to be given
+        back with ``d.checkin``; ``None`` if absent and not ``create``. A descriptor kept
+        from an earlier call is used when there is one (no open, no close)."""
+        fd = d.fds.pop(name, -1)
         while True:
+            if fd < 0:
+                fd = self._open_record(d, name, create)
+                if fd < 0:
+                    return None
             try:
-                fd = _open(name, _RWC if create else _RW, d.fd, d.file_mode)
-            except FileNotFoundError:
-                if create:
-                    raise
-                return None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
-                    raise self._foreign(name, exc) from exc
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                st = os.fstat(fd)
+                _flock(fd, _LOCK_EX)
+                # Removed (by a collector, under its flock) or replaced (by anyone) since we
+                # opened it: a kept descriptor must never write a record nobody else reads.
+                if _fstat(fd).st_nlink:
+                    data = _pread(fd, 4096, 0)
+                    return fd, (data if len(data) < 4096 else _read_all(fd))
             except BaseException:
                 _close(fd)
                 raise
+            _close(fd)  # removed or replaced: open what the name holds now
+            fd = -1
+
+    def _open_record(self, d: _Dir, name: str, create: bool) -> int:
+        """A new descriptor of ``name`` (checked to be a regular file), or -1 if absent."""
+        try:
+            fd = _open(name, _RWC if create else _RW, d.fd, d.file_mode)
+        except FileNotFoundError:
+            if create:
+                raise
+            return -1
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+                raise self._foreign(name, exc) from exc
+            raise
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                _close(fd)
                 raise self._foreign(name, None)
-            if st.st_nlink:
-                if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != d.file_mode:
-                    os.fchmod(fd, d.file_mode)  # a new file: the umask must not change its mode
-                return fd
-            _close(fd)  # removed by a collector while we waited for it: open the new one
+            if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != d.file_mode:
+                os.fchmod(fd, d.file_mode)  # a new file: the umask must not change its mode
+        except BaseException:
+            _close(fd)
+            raise
+        return fd
 
     def _foreign(self, name: str, exc: OSError | None) -> CorruptRecord:
         path = os.path.join(self.directory, name)
@@ -1053,9 +1252,8 @@ class FileSystemLockManager(BaseLockManager):
             "Remove it (nothing of txlock's is lost) and check who can write to the lock directory."
         )
 
-    def _load(self, d: _Dir, fd: int, name: str, kb: bytes) -> tuple[_Rec, bool]:
-        """The record of an open, exclusively locked file; ``True`` when it must be rewritten."""
-        data = _read_all(fd)
+    def _load(self, d: _Dir, data: bytes, name: str, kb: bytes) -> tuple[_Rec, bool]:
+        """The record read under the exclusive lock; ``True`` when it must be rewritten."""
         if not data:
             return _Rec(d.read_hw(), kb), False  # a new file
         rec, counter = _decode_record(data)
@@ -1069,6 +1267,24 @@ class FileSystemLockManager(BaseLockManager):
             base,
         )
         return _Rec(base, kb), True
+
+    def _mark_waiting(self, d: _Dir, name: str, key: str, reg: _Reg) -> _Rec | None:
+        """The live hold of ``key``, its record marked (under the lock) so that its release
+        rings; ``None`` when the key is free."""
+        locked = self._locked(d, name, create=False)
+        if locked is None:
+            return None
+        fd, data = locked
+        try:
+            rec, _dirty = self._load(d, data, name, encode(key))
+            now = time.time()
+            if not _live(d, rec, now):
+                return None
+            if rec.add_bell(d.own_life(), reg.since, now):
+                _write_all(fd, _encode_record(rec))
+            return rec
+        finally:
+            d.checkin(name, fd)
 
     def _current(self, d: _Dir, key: str) -> _Rec | None:
         rec = _peek(d, key_filename(key))
@@ -1102,90 +1318,118 @@ class FileSystemLockManager(BaseLockManager):
         self, d: _Dir, name: str, key: str, holder: str, ttl: float | None, reg: _Reg | None
     ) -> Lease | tuple[Busy, bytes | None]:
         kb, hb = encode(key), encode(holder)
-        fd = self._locked(d, name, create=True)
-        assert fd is not None
+        locked = self._locked(d, name, create=True)
+        assert locked is not None
+        fd, data = locked
         try:
-            rec, dirty = self._load(d, fd, name, kb)
+            rec, dirty = self._load(d, data, name, kb)
             now = time.time()
             live = _live(d, rec, now)
             if live and rec.holder == hb:
                 # The same holder again: granted at once, token kept, expiry per this call.
                 rec.bind(ttl, now, d.own_life() if ttl is None else _NO_LIFE)
-                if reg is not None and rec.res_id == reg.ident:
-                    rec.unreserve()
+                if reg is not None:
+                    self._served(d, name, rec, reg)
                 _write_all(fd, _encode_record(rec))
                 self._bound(d, name, ttl)
                 return _lease(key, holder, rec)
             if not live:
-                reserved = _reserved(d, rec, now)
                 ours = reg is not None and rec.res_id == reg.ident
-                if not reserved or ours or (reg is not None and reg.since < rec.res_since):
+                grace = rec.in_grace(now)  # (then the reserver's life is not even checked)
+                reserved = not ours and rec.res_id != _NO_RES and (grace or _reserved(d, rec, now))
+                if not reserved or ours or grace or (reg is not None and reg.since < rec.res_since):
                     dead = rec.life if rec.held else _NO_LIFE
                     rec.grant(hb, ttl, now, d.own_life() if ttl is None else _NO_LIFE, rec.counter + 1)
-                    if ours or not reserved:
-                        rec.unreserve()
+                    if not reserved:
+                        rec.unreserve()  # none, ours, or void
+                    if reg is not None:
+                        self._served(d, name, rec, reg)
                     _write_all(fd, _encode_record(rec))
                     self._bound(d, name, ttl)
                     if dead != _NO_LIFE:
                         d.bury(dead)  # the dead process's life file, no longer needed
                     return _lease(key, holder, rec)
+                # Free, but reserved by an older waiter: wait for its release.
                 retry = min(rec.res_seen + RESERVATION_STALE - now, d.retry_net(reg))
-                if dirty:
+                if (reg is not None and rec.add_bell(d.own_life(), reg.since, now)) or dirty:
                     _write_all(fd, _encode_record(rec))
                 return Busy(None, max(retry, 0.0005)), None
-            # Held by another: wait. A waiter that has waited long enough reserves the next
-            # grant, unless an older waiter holds the reservation (so no waiter starves).
-            if reg is not None and now - reg.since >= RESERVE_AFTER:
+            # Held by another: wait, and have the release ring. A waiter that has waited long
+            # enough reserves the next grant, unless an older waiter holds the reservation
+            # (so no waiter starves).
+            write = False
+            retry = d.retry_net(reg)
+            if reg is not None:
+                # Woken, and the key is held again: the holder's process re-acquired it. Ask
+                # to be rung less often (backing off to QUIET_MAX), and look by then anyway:
+                # a holder releasing many times in a row must not wake us every time.
+                quiet = 0.0
+                if reg.fails:
+                    reg.quiet = min(max(reg.quiet * 2, QUIET_FIRST), QUIET_MAX)
+                    quiet = now + reg.quiet
+                    retry = min(retry, reg.quiet)
+                reg.fails += 1
+                write = rec.add_bell(d.own_life(), reg.since, now, quiet)
                 if rec.res_id == reg.ident:
                     if now - rec.res_seen > RESERVATION_STALE / 4:
-                        rec.res_seen = now
-                        _write_all(fd, _encode_record(rec))
-                elif reg.since < rec.res_since or not _reserved(d, rec, now):
-                    rec.res_id, rec.res_since, rec.res_seen, rec.res_life = reg.ident, reg.since, now, d.own_life()
-                    reg.reserved = True
+                        rec.res_seen, write = now, True
+                elif now - reg.since >= RESERVE_AFTER and (reg.since < rec.res_since or not _reserved(d, rec, now)):
+                    rec.res_id, rec.res_since, rec.res_seen, rec.res_at = reg.ident, reg.since, now, now
+                    rec.res_life = d.own_life()
+                    reg.reserved = write = True
+                if rec.res_id == reg.ident and rec.in_grace(now):
+                    retry = min(retry, rec.res_at + GRACE - now)  # releases ring no one until then
+                if write:
                     _write_all(fd, _encode_record(rec))
-            retry = d.retry_net(reg)
             if rec.expires_at:
                 retry = min(retry, max(rec.expires_at - now, 0.0005))
-            return Busy(decode(rec.holder), retry), (None if rec.expires_at else rec.life)
+            return Busy(decode(rec.holder), max(retry, 0.0005)), (None if rec.expires_at else rec.life)
         finally:
-            _close(fd)
+            d.checkin(name, fd)
+
+    def _served(self, d: _Dir, name: str, rec: _Rec, reg: _Reg) -> None:
+        """A waiter of this process was granted ``rec``: its reservation and, if no other
+        local waiter waits for the key, this process's bell are spent."""
+        if rec.res_id == reg.ident:
+            rec.unreserve()
+        if rec.bells and len(d.waiters.get(name, ())) <= 1:
+            rec.drop_bell(d.own_life())
 
     def _bound(self, d: _Dir, name: str, ttl: float | None) -> None:
-        with d.mutex:
-            if ttl is None:
-                d.bound.add(name)
-            else:
-                d.bound.discard(name)
+        if ttl is None:  # set operations are atomic: no mutex needed
+            d.bound.add(name)
+        else:
+            d.bound.discard(name)
 
     def _freed(self, d: _Dir, name: str) -> None:
-        with d.mutex:
-            d.bound.discard(name)
-            waiters = list(d.waiters.get(name, ()))
-            d.freed.add(name)
-            if d.gc_job is None and not d.retired:
-                d.gc_job = _scheduler.schedule(d.gc, GC_INTERVAL, name=f"gc {d.path}")
-        for waiter in waiters:  # waiters of this process, at once (others hear it from inotify)
-            waiter.wake()
+        d.bound.discard(name)
+        if name not in d.freed:  # (a stale answer only means the collector has it already)
+            with d.mutex:
+                d.freed.add(name)
+                if d.gc_job is None and not d.retired:
+                    d.gc_job = _scheduler.schedule(d.gc, GC_INTERVAL, name=f"gc {d.path}")
+        if name in d.waiters:  # a waiter of this process, at once (others are rung: _ring)
+            d.wake_next(name)
 
     @_translated("release a lock")
     def _release(self, key: str, holder: str) -> str | None:
         d = self._d()
         name = key_filename(key)
-        fd = self._locked(d, name, create=False)
-        if fd is None:
+        locked = self._locked(d, name, create=False)
+        if locked is None:
             return None
+        fd, data = locked
         try:
-            rec, dirty = self._load(d, fd, name, encode(key))
+            rec, dirty = self._load(d, data, name, encode(key))
             if rec.held and _live(d, rec, time.time()) and rec.holder != encode(holder):
                 return decode(rec.holder)
             if not (rec.held or dirty):
                 return None
             dead = rec.life if rec.held else _NO_LIFE
             rec.free()
-            _write_all(fd, _encode_record(rec))
+            _ring(d, fd, rec, time.time())
         finally:
-            _close(fd)
+            d.checkin(name, fd)
         if dead != _NO_LIFE and not d.alive(dead):
             d.bury(dead)
         self._freed(d, name)
@@ -1195,18 +1439,19 @@ class FileSystemLockManager(BaseLockManager):
     def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
         d = self._d()
         name = key_filename(key)
-        fd = self._locked(d, name, create=False)
-        if fd is None:
+        locked = self._locked(d, name, create=False)
+        if locked is None:
             return None
+        fd, data = locked
         try:
-            rec, _dirty = self._load(d, fd, name, encode(key))
+            rec, _dirty = self._load(d, data, name, encode(key))
             now = time.time()
             if not (_live(d, rec, now) and rec.holder == encode(holder) and rec.counter == token):
                 return None
             rec.bind(ttl, now, d.own_life() if ttl is None else _NO_LIFE)
             _write_all(fd, _encode_record(rec))
         finally:
-            _close(fd)
+            d.checkin(name, fd)
         self._bound(d, name, ttl)
         return _lease(key, holder, rec)
 
@@ -1245,18 +1490,20 @@ class FileSystemLockManager(BaseLockManager):
     def _force_release(self, key: str) -> bool:
         d = self._d()
         name = key_filename(key)
-        fd = self._locked(d, name, create=False)
-        if fd is None:
+        locked = self._locked(d, name, create=False)
+        if locked is None:
             return False
+        fd, data = locked
         try:
-            rec, dirty = self._load(d, fd, name, encode(key))
-            was = _live(d, rec, time.time())
+            rec, dirty = self._load(d, data, name, encode(key))
+            now = time.time()
+            was = _live(d, rec, now)
             if not (rec.held or dirty):
                 return False
             rec.free()
-            _write_all(fd, _encode_record(rec))
+            _ring(d, fd, rec, now)
         finally:
-            _close(fd)
+            d.checkin(name, fd)
         self._freed(d, name)
         return was
 
@@ -1264,9 +1511,9 @@ class FileSystemLockManager(BaseLockManager):
     def _watch(self, key: str, waiter: Waiter | None) -> Busy | None:
         d = self._d()
         name = key_filename(key)
-        reg = d.register(name, waiter) if waiter is not None else None
+        reg = d.register(name, waiter, acquirer=False) if waiter is not None else None
         while True:
-            rec = self._current(d, key)
+            rec = self._current(d, key) if reg is None else self._mark_waiting(d, name, key, reg)
             if rec is None:
                 return None
             retry = d.retry_net(reg)
@@ -1282,19 +1529,33 @@ class FileSystemLockManager(BaseLockManager):
     def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
         d = self._d()
         reg = d.unregister(waiter)
-        if reg is None or not reg.reserved:
+        if reg is None:
             return None
-        # Give up our reservation so the next waiter need not wait for it to go stale.
         name = key_filename(key)
-        fd = self._locked(d, name, create=False)
-        if fd is None:
+        if reg.acquirer:
+            d.wake_next(name)  # it may have been woken in vain: the next local waiter tries
+        others = name in d.waiters
+        if others and not reg.reserved:
             return None
+        # Give up our reservation, so the next waiter need not wait for it to go stale, and
+        # our bell if no other waiter of this process waits, so no release rings in vain.
+        locked = self._locked(d, name, create=False)
+        if locked is None:
+            return None
+        fd, data = locked
         try:
-            rec, _dirty = self._load(d, fd, name, encode(key))
+            rec, _dirty = self._load(d, data, name, encode(key))
+            changed = False
             if rec.res_id == reg.ident:
                 rec.unreserve()
+                changed = True
+            if not others and d.life_id is not None and rec.drop_bell(d.life_id):
+                changed = True
+            now = time.time()
+            if changed and _live(d, rec, now):
                 _write_all(fd, _encode_record(rec))
+            elif changed:
+                _ring(d, fd, rec, now)
         finally:
-            _close(fd)
-        d.wake(name)
+            d.checkin(name, fd)
         return None
