@@ -73,6 +73,8 @@ class Inotify:
         self.fd: int = fd
         self._handlers: dict[int, Handler] = {}
         self._mutex = threading.Lock()
+        #: Numbers the reads of the descriptor: handlers may coalesce the events of one read.
+        self.batch = 0
         threading.Thread(target=self._run, name="txlock-inotify", daemon=True).start()
 
     def watch(self, path: str | bytes, mask: int, handler: Handler) -> int:
@@ -101,6 +103,7 @@ class Inotify:
                 continue
             except OSError:
                 return  # closed (a forked child's copy, or interpreter exit)
+            self.batch += 1
             try:
                 self._dispatch(buf)
             except Exception:  # the reader serves every backend: it must outlive a bad handler

@@ -28,7 +28,6 @@ with a short exponential backoff.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -46,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from txlock import _scheduler
+from txlock import _inotify, _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
 from txlock._manager import BaseLockManager
 from txlock._types import Busy, Capabilities, Lease, LockInfo
@@ -344,122 +343,11 @@ def _write_all(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "short write of a lock record")
 
 
-# ---------------------------------------------------------------- inotify (Linux), one thread per process
+# ---------------------------------------------------------------- inotify (Linux): txlock._inotify
 
-_IN_ATTRIB = 0x004
-_IN_CLOSE_WRITE = 0x008
-_IN_DELETE = 0x200
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_IN_CLOEXEC = 0o2000000
-_EVENT = struct.Struct("iIII")
-
-
-class _Inotify:
-    """One inotify descriptor and the thread that reads it, for every directory watched by
-    this process. Events name the file that changed; the thread wakes the waiters that
-    registered interest in that name."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
-        with _fork_lock:
-            fd = libc.inotify_init1(_IN_CLOEXEC)
-            if fd < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            self.fd = fd
-        self.targets: dict[int, tuple[_Dir, str]] = {}
-        self.thread = threading.Thread(target=self._run, name="txlock-inotify", daemon=True)
-        self.thread.start()
-
-    def add(self, d: _Dir, dir_fd: int, path: str, mask: int, prefix: str) -> int:
-        target = f"/proc/self/fd/{dir_fd}" if os.path.isdir("/proc/self/fd") else path
-        wd = self._add(self.fd, os.fsencode(target), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.targets[int(wd)] = (d, prefix)
-        return int(wd)
-
-    def remove(self, wd: int) -> None:
-        self.targets.pop(wd, None)
-        self._rm(self.fd, wd)
-
-    def _run(self) -> None:
-        fd = self.fd
-        while True:
-            try:
-                buf = os.read(fd, 65536)
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # closed (after fork in a child, or at exit)
-            try:
-                self._dispatch(buf)
-            except Exception:  # the watcher must outlive any bad event
-                log.exception("txlock inotify watcher: failed to dispatch an event")
-
-    def _dispatch(self, buf: bytes) -> None:
-        offset = 0
-        woken: set[tuple[int, str]] = set()
-        while offset + _EVENT.size <= len(buf):
-            wd, mask, _cookie, length = _EVENT.unpack_from(buf, offset)
-            raw = buf[offset + _EVENT.size : offset + _EVENT.size + length]
-            offset += _EVENT.size + length
-            if mask & _IN_Q_OVERFLOW:
-                for d, _ in list(self.targets.values()):
-                    d.wake_all()
-                continue
-            target = self.targets.get(wd)
-            if target is None:
-                continue
-            d, prefix = target
-            if mask & _IN_IGNORED:  # the directory went away
-                self.targets.pop(wd, None)
-                d.watch_lost()
-                continue
-            name = prefix + raw.split(b"\0", 1)[0].decode("ascii", "replace")
-            if (id(d), name) in woken:
-                continue
-            woken.add((id(d), name))
-            if prefix:
-                if mask & _IN_CLOSE_WRITE:
-                    d.life_closed(name)
-                elif mask & _IN_ATTRIB:
-                    # A ring (see _ring): ours, or another process's (ignored). Not a watch on
-                    # our own life file: an inotify mark on it delays, at exit, the release of
-                    # its flock by milliseconds, and so the recovery of our holds.
-                    if d.life_id is not None and name == f"{_LIFE_DIR}/{d.life_id.hex()}":
-                        d.rung()
-                    else:
-                        woken.discard((id(d), name))  # rings are not deduplicated per batch
-                else:
-                    d.wake(name)
-            else:
-                d.wake(name)  # removed
-
-
-_inotify: _Inotify | None = None
+#: True: this process's waiters never use inotify and poll instead (the tests set it; the
+#: shared watcher itself reports an unavailable inotify as ``None``).
 _inotify_failed = False
-_inotify_mutex = threading.Lock()
-
-
-def _get_inotify() -> _Inotify | None:
-    global _inotify, _inotify_failed
-    if _inotify is not None or _inotify_failed:
-        return _inotify
-    with _inotify_mutex:
-        if _inotify is None and not _inotify_failed:
-            try:
-                _inotify = _Inotify()
-            except (OSError, AttributeError) as exc:  # not Linux, or out of inotify instances
-                log.debug("inotify unavailable (%s); lock waiters fall back to polling", exc)
-                _inotify_failed = True
-    return _inotify
 
 
 # ---------------------------------------------------------------- per process and directory state
@@ -495,8 +383,11 @@ class _Dir:
         self.life_id: bytes | None = None
         self.life_fd = -1
         self.waiters: dict[str, dict[Waiter, None]] = {}  # in order of registration
+        self.watcher: _inotify.Inotify | None = None  # the one that holds ``watches``
         self.watches: list[int] = []
         self.watching: bool | None = None  # None: not tried yet
+        self.seen: set[str] = set()  # names handled in the watcher's current read
+        self.seen_batch = -1
         self.freed: set[str] = set()
         self.gc_job: _scheduler.Job | None = None
         self.bound: set[str] = set()  # keys whose hold this process bound to its life
@@ -695,20 +586,67 @@ class _Dir:
             if self.watching is not None:
                 return
             self.watching = False
-        inotify = _get_inotify()
+        inotify = None if _inotify_failed else _inotify.get()
         if inotify is None:
             return
+        proc = os.path.isdir("/proc/self/fd")
         try:
             self.own_life()
-            self.watches.append(inotify.add(self, self.fd, self.path, _IN_DELETE, ""))
-            mask = _IN_CLOSE_WRITE | _IN_DELETE | _IN_ATTRIB  # deaths, burials, rings
+            self.watcher = inotify
             self.watches.append(
-                inotify.add(self, self.life_dir, os.path.join(self.path, _LIFE_DIR), mask, _LIFE_DIR + "/")
+                inotify.watch(f"/proc/self/fd/{self.fd}" if proc else self.path, _inotify.IN_DELETE, self.on_event)
+            )
+            mask = _inotify.IN_CLOSE_WRITE | _inotify.IN_DELETE | _inotify.IN_ATTRIB  # deaths, burials, rings
+            self.watches.append(
+                inotify.watch(
+                    f"/proc/self/fd/{self.life_dir}" if proc else os.path.join(self.path, _LIFE_DIR),
+                    mask,
+                    self.on_life_event,
+                )
             )
         except OSError as exc:
             log.debug("cannot watch %s with inotify (%s); waiters poll", self.path, exc)
             return
         self.watching = True
+
+    def on_event(self, mask: int, name: bytes) -> None:
+        """An inotify event of the directory (on the watcher's thread): a record removed."""
+        self.dispatch(mask, name.decode("ascii", "replace"), False)
+
+    def on_life_event(self, mask: int, name: bytes) -> None:
+        """An inotify event of ``life/`` (on the watcher's thread): a death, a burial, a ring."""
+        self.dispatch(mask, f"{_LIFE_DIR}/{name.decode('ascii', 'replace')}", True)
+
+    def dispatch(self, mask: int, name: str, life: bool) -> None:
+        """Wake the waiters an event concerns; a name is handled once per read (batch)."""
+        if mask & _inotify.IN_Q_OVERFLOW:  # events were lost
+            self.wake_all()
+            return
+        if mask & _inotify.IN_IGNORED:  # the directory went away
+            self.watch_lost()
+            return
+        watcher = self.watcher
+        if watcher is not None and watcher.batch != self.seen_batch:
+            self.seen_batch = watcher.batch
+            self.seen.clear()
+        if name in self.seen:  # once per name and read of the descriptor
+            return
+        self.seen.add(name)
+        if life:
+            if mask & _inotify.IN_CLOSE_WRITE:
+                self.life_closed(name)
+            elif mask & _inotify.IN_ATTRIB:
+                # A ring (see _ring): ours, or another process's (ignored). Not a watch on
+                # our own life file: an inotify mark on it delays, at exit, the release of
+                # its flock by milliseconds, and so the recovery of our holds.
+                if self.life_id is not None and name == f"{_LIFE_DIR}/{self.life_id.hex()}":
+                    self.rung()
+                else:
+                    self.seen.discard(name)  # rings are not deduplicated per read
+            else:
+                self.wake(name)
+        else:
+            self.wake(name)  # removed
 
     def watch_lost(self) -> None:
         self.watching = False
@@ -812,11 +750,11 @@ class _Dir:
                     self.gc_job.cancel()
                     self.gc_job = None
             _dirs.pop(self.ident, None)
-        inotify = _inotify
+        inotify = self.watcher
         if inotify is not None:
             for wd in self.watches:
                 with contextlib.suppress(OSError):
-                    inotify.remove(wd)
+                    inotify.unwatch(wd)
         self.watches.clear()
         self.wake_all()
         self.drop_fds()
@@ -837,6 +775,7 @@ class _Dir:
                 os.close(self.life_fd)  # close, never unlock: the parent still holds it
         self.life_id, self.life_fd = None, -1
         self.waiters = {}
+        self.watcher = None  # the parent's: txlock._inotify makes the child its own
         self.watches = []
         self.watching = None
         self.freed = set()
@@ -919,7 +858,7 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _fork_lock, _inflight, _dirs_mutex, _inotify, _inotify_failed, _inotify_mutex, _pid
+    global _fork_lock, _inflight, _dirs_mutex, _pid
     _pid = os.getpid()
     for fd in _inflight:
         with contextlib.suppress(OSError):
@@ -927,11 +866,6 @@ def _after_fork_child() -> None:
     _inflight = set()
     _fork_lock = threading.Lock()
     _dirs_mutex = threading.Lock()
-    _inotify_mutex = threading.Lock()
-    if _inotify is not None:
-        with contextlib.suppress(OSError):
-            os.close(_inotify.fd)
-    _inotify, _inotify_failed = None, False
     for d in _dirs.values():
         d.after_fork()
 
