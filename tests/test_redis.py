@@ -232,7 +232,8 @@ def test_tokens_never_regress_across_restarts_without_persistence(private_redis:
 # ---------------------------------------------------------------- crash recovery and fork safety
 
 HOLDER = r"""
-import os, sys, time, txlock
+import faulthandler, os, sys, time, txlock
+faulthandler.dump_traceback_later(60, exit=True)  # a hang shows its stacks and ends the holder
 m = txlock.from_url(sys.argv[1])
 assert m.acquire_lock(sys.argv[2], "proc-" + str(os.getpid()), acquire_timeout=10)
 if sys.argv[3] == "fork":
@@ -241,6 +242,7 @@ if sys.argv[3] == "fork":
         print("child", os.getpid(), flush=True)
         sys.stdin.readline()   # the forked child lives on, holding nothing of its own
         os._exit(0)
+faulthandler.cancel_dump_traceback_later()
 print("held", flush=True)
 sys.stdin.readline()
 """

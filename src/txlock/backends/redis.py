@@ -907,20 +907,25 @@ class RedisLockManager(BaseLockManager):
     # ------------------------------------------------------------------ clients
 
     def _redis_kwargs(self) -> dict[str, Any]:
+        # A connect that never completes must become a clear BackendUnavailable, not a
+        # hang (redis-py waits forever by default); a URL's socket_connect_timeout wins.
         if self._cluster:
-            return {}
+            return {"socket_connect_timeout": 10}
         # Fail fast when the server is down (redis-py's default retries for ~2 s), but
         # still retry once so that a pooled connection dropped by a restart reconnects.
-        return {"retry": Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.005), 2)}
+        return {
+            "retry": Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.005), 2),
+            "socket_connect_timeout": 10,
+        }
 
     def _new_sync(self) -> Any:
         if self._cluster:
-            return redis.cluster.RedisCluster.from_url(self._redis_url)
+            return redis.cluster.RedisCluster.from_url(self._redis_url, **self._redis_kwargs())
         return redis.Redis.from_url(self._redis_url, **self._redis_kwargs())
 
     def _new_async(self) -> Any:
         if self._cluster:
-            return redis.asyncio.cluster.RedisCluster.from_url(self._redis_url)
+            return redis.asyncio.cluster.RedisCluster.from_url(self._redis_url, **self._redis_kwargs())
         return redis.asyncio.Redis.from_url(self._redis_url, **self._redis_kwargs())
 
     def _client(self) -> Any:
