@@ -51,8 +51,8 @@ def main() -> None:
     ours_f = timed([py, "-c", f"import txlock; txlock.from_url({url!r}).acquire_lock('k', 'h')"])
     theirs_f = None
     if has("prefect.locking.filesystem"):
-        theirs_f = timed([py, "-c", "from prefect.locking.filesystem import FileSystemLockManager as M; "
-                          f"M({str(tmp / 'prefect')!r}).acquire_lock('k', 'h')"])
+        theirs_f = timed([py, "-c", "from pathlib import Path; from prefect.locking.filesystem import "
+                          f"FileSystemLockManager as M; M(Path({str(tmp / 'prefect')!r})).acquire_lock('k', 'h')"])
     rows.append(Row("import + first file lock", "s", ours_f, floor, "python -c pass", theirs_f,
                     "prefect FileSystemLockManager", "< 0.1 s", ours_f < 0.1))
     cli = shutil.which("txlock", path=str(Path(py).parent)) or shutil.which("txlock")
@@ -62,7 +62,10 @@ def main() -> None:
         flock = timed(["flock", str(tmp / "flockfile"), "true"]) if shutil.which("flock") else None
         rows.append(Row("`txlock run KEY -- true` (SQLite)", "s", run, flock, "flock(1)", None,
                         "n/a (Prefect has no CLI for locks)", "< 0.2 s", run < 0.2))
-    report("startup", "Start-up (fresh processes, median of 15)", rows)
+    cached = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
+    report("startup", "Start-up (fresh processes, median of 15)", rows,
+           notes=f"Bytecode caching was {cached} for this run (PYTHONDONTWRITEBYTECODE); with it off, "
+                 "every process compiles txlock's modules from source, so these are upper bounds.")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
