@@ -93,3 +93,18 @@ def test_public_names_are_documented() -> None:
 
 def test_schemes_cover_every_backend() -> None:
     assert {"memory", "file", "sqlite", "redis", "rediss", "unix", "postgresql"} <= set(txlock.schemes())
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("file:relative/dir", "needs an absolute path"),
+        ("file://host/dir", "names a host"),
+        ("sqlite:relative.db", "needs an absolute path"),
+        ("sqlite://", "has no path"),
+        ("sqlite://otherhost/tmp/x.db", "three slashes"),
+    ],
+)
+def test_local_store_urls_need_an_absolute_path(url: str, message: str) -> None:
+    with pytest.raises(txlock.ConfigurationError, match=message):
+        txlock.from_url(url)

@@ -68,6 +68,23 @@ def common_options(options: Mapping[str, str], allowed: tuple[str, ...]) -> dict
     return parsed
 
 
+def local_path(url: str, label: str, example: str) -> str:
+    """The absolute path named by a ``scheme:///absolute/path`` URL of a local backend."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigurationError(
+            f"{label} URL {url!r} names a host ({parts.netloc!r}); use {example} (three slashes)"
+        )
+    path = unquote(parts.path)
+    if not path or path == "/":
+        raise ConfigurationError(f"{label} URL {url!r} has no path; use {example}")
+    if not path.startswith("/"):
+        raise ConfigurationError(f"{label} URL {url!r} needs an absolute path; use {example}")
+    return path
+
+
 def manager_class(scheme: str) -> type[BaseLockManager]:
     """Import and return the manager class serving ``scheme``."""
     try:

@@ -43,7 +43,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from txlock import _inotify, _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
@@ -1108,16 +1108,9 @@ class FileSystemLockManager(BaseLockManager):
 
     @classmethod
     def _from_parsed(cls, url: str, options: Mapping[str, str]) -> FileSystemLockManager:
-        from txlock._url import common_options
+        from txlock._url import common_options, local_path
 
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigurationError(
-                f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path (three slashes)"
-            )
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            raise ConfigurationError(f"file URL {url!r} needs an absolute path: file:///absolute/path")
+        path = local_path(url, "file", "file:///absolute/path")
         kwargs = common_options(options, allowed=("mode",))
         if "mode" in options:
             try:

@@ -46,7 +46,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from txlock import _inotify
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
@@ -785,16 +785,9 @@ class SQLiteLockManager(BaseLockManager):
 
     @classmethod
     def _from_parsed(cls, url: str, options: Mapping[str, str]) -> SQLiteLockManager:
-        from txlock._url import common_options
+        from txlock._url import common_options, local_path
 
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigurationError(
-                f"SQLite URL {url!r} names a host; use sqlite:///absolute/path/to/locks.db (three slashes)"
-            )
-        path = unquote(parts.path)
-        if not path or path == "/":
-            raise ConfigurationError(f"SQLite URL {url!r} has no path; use sqlite:///absolute/path/to/locks.db")
+        path = local_path(url, "SQLite", "sqlite:///absolute/path/to/locks.db")
         kwargs = common_options(options, allowed=("busy_timeout",))
         if "busy_timeout" in options:
             busy = parse_seconds("busy_timeout", options["busy_timeout"])
