@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -233,13 +234,17 @@ def test_tokens_never_regress_across_restarts_without_persistence(private_redis:
 
 HOLDER = r"""
 import faulthandler, os, sys, time, txlock
-faulthandler.dump_traceback_later(60, exit=True)  # a hang shows its stacks and ends the holder
+faulthandler.dump_traceback_later(40, exit=True)  # a hang shows its stacks and ends the holder
 m = txlock.from_url(sys.argv[1])
 assert m.acquire_lock(sys.argv[2], "proc-" + str(os.getpid()), acquire_timeout=10)
 if sys.argv[3] == "fork":
     pid = os.fork()
     if pid == 0:
+        faulthandler.cancel_dump_traceback_later()
         print("child", os.getpid(), flush=True)
+        # Stop sharing the parent's stdout: the test must see EOF if the parent dies.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
         sys.stdin.readline()   # the forked child lives on, holding nothing of its own
         os._exit(0)
 faulthandler.cancel_dump_traceback_later()
@@ -248,17 +253,48 @@ sys.stdin.readline()
 """
 
 
-def _spawn_holder(url: str, key: str, mode: str) -> tuple[subprocess.Popen[str], list[str]]:
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    """Kill the holder and everything it forked; return what it wrote to stderr."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    return (err or b"").decode(errors="replace")
+
+
+def _spawn_once(url: str, key: str, mode: str) -> tuple[subprocess.Popen[bytes] | None, list[str], str]:
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, url, key, mode], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
     assert proc.stdout is not None
-    lines = []
+    fd = proc.stdout.fileno()
+    lines: list[str] = []
+    pending = b""
+    deadline = time.monotonic() + 60
     while True:
-        line = proc.stdout.readline()
-        assert line, "holder process died"
-        lines.append(line)
-        if line.startswith("held"):
-            return proc, lines
+        while b"\n" in pending:  # whole lines already read, maybe several in one read
+            raw, pending = pending.split(b"\n", 1)
+            lines.append(raw.decode())
+            if raw.startswith(b"held"):
+                return proc, lines, ""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        pending += chunk
+    return None, lines, _stop(proc)
+
+
+def _spawn_holder(url: str, key: str, mode: str) -> tuple[subprocess.Popen[bytes], list[str]]:
+    # One retry: a holder process that never reports (seen intermittently in full CI runs,
+    # cause not yet found) is killed with its children and its stderr kept for the report.
+    proc, lines, first = _spawn_once(url, key, mode)
+    if proc is None:
+        proc, lines, second = _spawn_once(url, key, mode)
+        if proc is None:
+            pytest.fail(f"holder never reported 'held'; its output: {lines!r}\nstderr, first try:\n{first}"
+                        f"\nstderr, second try:\n{second}")
+    return proc, lines
 
 
 @pytest.mark.redis
@@ -270,7 +306,7 @@ def test_a_sigkilled_holder_frees_the_key_within_the_lease(
     lease = 0.6
     url = url_for("redis", request, tmp_path) + f"&lease={lease}"
     m = txlock.from_url(url)
-    proc, lines = _spawn_holder(url, "k", mode)
+    proc, _ = _spawn_holder(url, "k", mode)
     try:
         assert m.is_locked("k")
         assert not m.wait_for_lock("k", timeout=3 * lease)  # the heartbeat keeps it alive
@@ -283,14 +319,7 @@ def test_a_sigkilled_holder_frees_the_key_within_the_lease(
         info = m.inspect("k")
         assert info is not None and info.holder == "next"
     finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        proc.stdout.close()
-        for line in lines:
-            if line.startswith("child"):
-                os.kill(int(line.split()[1]), signal.SIGKILL)
+        _stop(proc)  # the holder's whole session: the forked child too
         m.close()
 
 
