@@ -848,19 +848,27 @@ class _Store:
                     return self._execute(conn, op)
                 finally:
                     self._put(conn)
-            except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
-                if op.missing_ok:
-                    return []
-                self.ready = False
-                raise
-            except psycopg.Error as exc:
-                if not self.recoverable(exc, attempt, conn is not None and _broken(conn)):
-                    raise self.error(exc) from exc
             except Exception as exc:
-                if not _is_pool_error(exc):
-                    raise
-                raise self.error(exc) from exc
+                rows = self._failed(exc, op, attempt, conn)
+                if rows is not None:
+                    return rows
             attempt += 1
+
+    def _failed(self, exc: Exception, op: _Op, attempt: int, conn: Any) -> list[tuple[Any, ...]] | None:
+        """Judge a failed attempt of ``op`` (both worlds): the rows to answer with, ``None`` to
+        try again, or raise (driver errors translated)."""
+        if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)):
+            if op.missing_ok:
+                return []
+            self.ready = False
+            raise exc
+        if isinstance(exc, psycopg.Error):
+            if self.recoverable(exc, attempt, conn is not None and _broken(conn)):
+                return None
+            raise self.error(exc) from exc
+        if _is_pool_error(exc):
+            raise self.error(exc) from exc
+        raise exc
 
     # -- async I/O (the same steps with await)
 
@@ -941,18 +949,10 @@ class _Store:
                     return await self._aexecute(conn, op)
                 finally:
                     await self._aput(conn)
-            except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
-                if op.missing_ok:
-                    return []
-                self.ready = False
-                raise
-            except psycopg.Error as exc:
-                if not self.recoverable(exc, attempt, conn is not None and _broken(conn)):
-                    raise self.error(exc) from exc
             except Exception as exc:
-                if not _is_pool_error(exc):
-                    raise
-                raise self.error(exc) from exc
+                rows = self._failed(exc, op, attempt, conn)
+                if rows is not None:
+                    return rows
             attempt += 1
 
     # -- schema (pure halves)
