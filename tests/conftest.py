@@ -13,6 +13,7 @@ import importlib.util
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,16 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so every backend must run)")
     pytest.skip(reason)
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (a state the test can inspect) until it holds; fail after ``timeout``
+    seconds. For waiting on observable state, never for ordering events."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
 
 
 def _reachable(url: str, default_port: int) -> bool:

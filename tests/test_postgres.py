@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 
 import txlock
-from conftest import POSTGRES_URL, unavailable
+from conftest import POSTGRES_URL, eventually, unavailable
 from plugins.postgres_servers import PgBouncer, PrivatePostgres
 
 psycopg = pytest.importorskip("psycopg")
+from txlock._types import Busy  # noqa: E402
+from txlock._waiter import ThreadWaiter  # noqa: E402
 from txlock.backends.postgres import SCHEMA_VERSION, PostgresLockManager  # noqa: E402
 
 pytestmark = pytest.mark.postgres
@@ -366,6 +368,140 @@ def _wait_take_release(url: str, key: str, holder: str) -> None:
     assert m.acquire_lock(key, holder, acquire_timeout=60)
     m.release_lock(key, holder)
     m.close()
+
+
+def test_a_release_hands_the_lock_to_the_oldest_waiter_in_its_own_statement(shared_url: str) -> None:
+    # Direct hand-off: when release_lock returns, the oldest queued call already holds the
+    # key (with a new token), before its thread has even run. A 120 s lease rules out the
+    # waiters' own re-checks (every 5 s at most): only the releases move the lock.
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=120)
+    got: dict[str, int] = {}
+    go = {name: threading.Event() for name in ("B", "C")}
+
+    def wait(name: str) -> None:
+        lease = m.acquire_lease("k", name, timeout=30)
+        assert lease is not None
+        got[name] = lease.token
+        go[name].wait(30)
+        m.release_lock("k", name)
+
+    try:
+        first = m.acquire_lease("k", "A")
+        assert first is not None
+        threads = []
+        for n, name in enumerate(("B", "C")):
+            threads.append(threading.Thread(target=wait, args=(name,)))
+            threads[-1].start()
+            eventually(lambda n=n: (m.inspect("k") or txlock.LockInfo("", "", 0, 0, None, 0)).waiters == n + 1,
+                       what=f"{name} to queue")
+        m.release_lock("k", "A")
+        info = m.inspect("k")
+        assert info is not None and info.holder == "B" and info.token > first.token and info.waiters == 1
+        eventually(lambda: "B" in got, what="B to return")
+        assert got["B"] == info.token
+        go["B"].set()
+        eventually(lambda: "C" in got, what="C to return")
+        assert got["C"] > got["B"]
+        go["C"].set()
+        for t in threads:
+            t.join(30)
+        assert m.inspect("k") is None
+        assert m.acquire_lock("k", "late", acquire_timeout=0)  # free, and nobody left queued
+        m.release_lock("k", "late")
+    finally:
+        for event in go.values():
+            event.set()
+        m.close()
+
+
+@pytest.mark.parametrize("notified", [True, False])
+def test_a_call_giving_up_as_the_lock_is_handed_to_it_gets_the_lease(shared_url: str, notified: bool) -> None:
+    # The race between a release handing the lock to a queued call and that call giving up
+    # (timeout, cancellation), played step by step with the primitives: the call learns of
+    # the grant from the listener (notified) or, when its notification is not there, from
+    # the table; either way it gets the lease (the waiting loop keeps it on a timeout and
+    # releases it on a cancellation), never leaving a hold nobody owns.
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=120)
+    try:
+        assert m.acquire_lock("k", "A")
+        waiter = ThreadWaiter()
+        assert isinstance(m._try_acquire("k", "B", 30.0, waiter), Busy)  # queued
+        reg = waiter.data
+        if not notified:
+            m._store.listener.remove(reg, waiter)  # its notification will find nobody
+        m.release_lock("k", "A")
+        info = m.inspect("k")
+        assert info is not None and info.holder == "B"
+        if notified:
+            eventually(lambda: waiter.lease is not None, what="the listener to hand over the lease")
+        lease = m._withdraw("k", waiter)
+        assert lease is not None and lease.holder == "B" and lease.token == info.token and lease.ttl == 30.0
+        assert _tickets(shared_url, m.prefix, "k") == 0
+        m.release_lock("k", "B")
+        assert m.inspect("k") is None
+    finally:
+        m.close()
+
+
+def test_a_hold_handed_to_a_call_that_could_not_withdraw_is_freed_by_the_heartbeat(shared_url: str) -> None:
+    # A queued call gave up but its ticket could not be removed (the statement failed); a
+    # release then hands it the lock. The process remembers the call and its heartbeat
+    # frees that hold (and the ticket), so the key is not held forever by nobody.
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=120)
+    try:
+        assert m.acquire_lock("k", "A")
+        waiter = ThreadWaiter()
+        assert isinstance(m._try_acquire("k", "B", None, waiter), Busy)
+        reg = waiter.data
+        m._store.listener.remove(reg, waiter)
+        waiter.data = None
+        m._store.orphan(reg.wid)  # what a failed withdrawal records
+        m.release_lock("k", "A")
+        info = m.inspect("k")
+        assert info is not None and info.holder == "B"
+        assert m._store._beat()
+        assert m.inspect("k") is None
+        assert _tickets(shared_url, m.prefix, "k") == 0
+        assert m.acquire_lock("k", "C", acquire_timeout=0)
+        m.release_lock("k", "C")
+    finally:
+        m.close()
+
+
+def test_tables_of_schema_version_2_are_migrated_in_place(shared_url: str) -> None:
+    schema = f"txlock_mig_{_uid()}"
+    m = PostgresLockManager(shared_url, schema=schema)
+    try:
+        assert m.acquire_lock("held", "old")  # a hold taken before the upgrade survives it
+        m.close()
+        with psycopg.connect(shared_url, autocommit=True) as conn:
+            conn.execute(f'ALTER TABLE "{schema}".locks DROP COLUMN granted')
+            conn.execute(f'ALTER TABLE "{schema}".locks_waiters DROP COLUMN holder, DROP COLUMN ttl, DROP COLUMN span')
+            conn.execute(f'UPDATE "{schema}".txlock_version SET version = 2')
+        m = PostgresLockManager(shared_url, schema=schema)
+        assert m.is_lock_holder("held", "old")
+        with psycopg.connect(shared_url) as conn:
+            row = conn.execute(f'SELECT version FROM "{schema}".txlock_version').fetchone()
+        assert row == (SCHEMA_VERSION,)
+        done = threading.Event()
+
+        def waiter() -> None:
+            assert m.acquire_lock("held", "new", acquire_timeout=30)
+            done.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        eventually(lambda: (m.inspect("held") or txlock.LockInfo("", "", 0, 0, None, 0)).waiters == 1,
+                   what="the waiter to queue")
+        m.release_lock("held", "old")
+        assert done.wait(30)
+        t.join(30)
+        assert m.is_lock_holder("held", "new")
+        m.release_lock("held", "new")
+    finally:
+        m.close()
+        with psycopg.connect(shared_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _wait_forever(url: str, key: str) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import select
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +51,7 @@ __all__ = ["PostgresLockManager"]
 log = logging.getLogger("txlock.postgres")
 
 #: Version of the tables this module creates (stored in ``<schema>.txlock_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Longest key accepted, in characters (keys are stored whole; the index holds a hash).
 MAX_KEY_CHARS = 4096
 #: Longest key prefix accepted, in characters.
@@ -123,7 +124,8 @@ class _Sql:
                 " owner uuid,"  # the process whose heartbeat renews a hold without hold_timeout
                 " ttl double precision,"
                 " acquired_at timestamptz NOT NULL,"
-                " expires_at timestamptz NOT NULL)"  # -infinity once released
+                " expires_at timestamptz NOT NULL,"  # -infinity once released
+                " granted uuid)"  # the queued call this hold was handed to by a release
             ),
             q("CREATE INDEX IF NOT EXISTS {Tprefix} ON {T} (substring(key FROM 1 FOR {N}))"),
             q("CREATE INDEX IF NOT EXISTS {Towner} ON {T} (owner) WHERE owner IS NOT NULL"),
@@ -131,7 +133,9 @@ class _Sql:
                 "CREATE UNLOGGED TABLE IF NOT EXISTS {W} ("
                 " waiter uuid PRIMARY KEY, key_hash bytea NOT NULL, ticket bigint NOT NULL,"
                 " owner uuid NOT NULL, expires_at timestamptz NOT NULL,"
-                " session bigint)"  # advisory lock held by the waiting process's LISTEN session
+                " session bigint,"  # advisory lock held by the waiting process's LISTEN session
+                # What a release needs to hand the lock straight to this call:
+                " holder bytea, ttl double precision, span double precision)"
             ),
             q("CREATE INDEX IF NOT EXISTS {Wkey} ON {W} (key_hash, ticket)"),
             q("CREATE INDEX IF NOT EXISTS {Wowner} ON {W} (owner)"),
@@ -141,11 +145,17 @@ class _Sql:
             ),
             q("SELECT version FROM {V} WHERE name = %(name)s"),
         ]
-        # Tables of version 1 (pre-release) lack the high-water mark: migrated in place.
+        # Older tables are migrated in place: version 1 (pre-release) lacks the high-water
+        # mark and the session column, version 2 the columns of the direct hand-off.
         self.migrate = [
             q("SELECT pg_advisory_xact_lock(%(ddl_lock)s)"),
             q("ALTER TABLE {V} ADD COLUMN IF NOT EXISTS hwm bigint NOT NULL DEFAULT 0"),
             q("ALTER TABLE {W} ADD COLUMN IF NOT EXISTS session bigint"),
+            q("ALTER TABLE {T} ADD COLUMN IF NOT EXISTS granted uuid"),
+            q(
+                "ALTER TABLE {W} ADD COLUMN IF NOT EXISTS holder bytea,"
+                " ADD COLUMN IF NOT EXISTS ttl double precision, ADD COLUMN IF NOT EXISTS span double precision"
+            ),
             q("UPDATE {V} SET version = %(version)s WHERE name = %(name)s AND version < %(version)s"),
             q("SELECT version FROM {V} WHERE name = %(name)s"),
         ]
@@ -171,12 +181,12 @@ class _Sql:
             "   token = CASE WHEN l.expires_at > now() THEN l.token ELSE greatest(l.token + 1, EXCLUDED.token) END,"
             "   acquired_at = CASE WHEN l.expires_at > now() THEN l.acquired_at ELSE EXCLUDED.acquired_at END,"
             "   key = EXCLUDED.key, holder = EXCLUDED.holder, owner = EXCLUDED.owner, ttl = EXCLUDED.ttl,"
-            "   expires_at = EXCLUDED.expires_at"
+            "   expires_at = EXCLUDED.expires_at, granted = NULL"
             "  WHERE l.expires_at <= now() OR (l.holder = EXCLUDED.holder AND l.key = EXCLUDED.key)"
             "  RETURNING token, acquired_at, expires_at),"
-            " reg AS (INSERT INTO {W} (waiter, key_hash, ticket, owner, expires_at, session)"
+            " reg AS (INSERT INTO {W} (waiter, key_hash, ticket, owner, expires_at, session, holder, ttl, span)"
             "  SELECT %(wid)s::uuid, %(h)s, {CLOCK}, %(owner)s::uuid, now() + make_interval(secs => %(lease)s::float8),"
-            "   %(session)s::int8"
+            "   %(session)s::int8, %(who)s, %(ttl)s::float8, coalesce(%(ttl)s::float8, %(lease)s::float8)"
             "  WHERE %(wid)s::uuid IS NOT NULL AND %(ticket)s::int8 IS NULL AND NOT EXISTS (SELECT 1 FROM ins)"
             "  ON CONFLICT (waiter) DO NOTHING RETURNING ticket),"
             " gone AS (DELETE FROM {W} WHERE waiter = %(wid)s::uuid AND EXISTS (SELECT 1 FROM ins) RETURNING 1)"
@@ -203,16 +213,47 @@ class _Sql:
             "  token = CASE WHEN l.expires_at > now() THEN l.token ELSE greatest(l.token + 1, EXCLUDED.token) END,"
             "  acquired_at = CASE WHEN l.expires_at > now() THEN l.acquired_at ELSE EXCLUDED.acquired_at END,"
             "  key = EXCLUDED.key, holder = EXCLUDED.holder, owner = EXCLUDED.owner, ttl = EXCLUDED.ttl,"
-            "  expires_at = EXCLUDED.expires_at"
+            "  expires_at = EXCLUDED.expires_at, granted = NULL"
             " WHERE l.expires_at <= now() OR (l.holder = EXCLUDED.holder AND l.key = EXCLUDED.key)"
             " RETURNING token, extract(epoch FROM acquired_at)::float8, extract(epoch FROM expires_at)::float8"
         )
-        # Release keeps the row (its token is the key's high-water mark) and notifies in the
-        # same statement; nothing returned: not ours, see ``holder``.
+        # Release hands the lock straight to the oldest live queued call, if any (its ticket
+        # carries holder, hold_timeout and lease): the row changes holder, takes a new token
+        # and the ticket goes, all in this statement, and the NOTIFY tells the waiter's
+        # process that it holds the lock (payload: key hash, waiter id, token, expiry), so
+        # the waiter needs no statement of its own. With nobody queued the key is freed
+        # (the row stays: its token is the key's high-water mark) and the NOTIFY says so.
+        # Row locks are taken lock row first, then ticket, as in a waiter's own attempt.
+        # Nothing returned: not ours, see ``holder``.
         self.release = q(
-            "UPDATE {T} SET expires_at = '-infinity', owner = NULL"
-            " WHERE key_hash = %(h)s AND holder = %(who)s AND expires_at > now()"
-            " RETURNING pg_notify(%(chan)s, %(payload)s)"
+            "WITH cur AS (SELECT 1 FROM {T} WHERE key_hash = %(h)s AND holder = %(who)s AND expires_at > now()"
+            "  FOR UPDATE),"
+            " nxt AS (SELECT w.waiter, w.holder, w.ttl, w.span, w.owner FROM {W} w"
+            "  WHERE EXISTS (SELECT 1 FROM cur) AND w.key_hash = %(h)s AND w.expires_at > now()"
+            "  AND w.holder IS NOT NULL AND {ALIVE}"
+            "  ORDER BY w.ticket, w.waiter LIMIT 1 FOR UPDATE OF w),"
+            " rel AS (UPDATE {T} l SET"
+            "  holder = coalesce(n.holder, l.holder),"
+            "  token = CASE WHEN n.waiter IS NULL THEN l.token ELSE greatest(l.token + 1, {CLOCK}) END,"
+            "  owner = CASE WHEN n.waiter IS NOT NULL AND n.ttl IS NULL THEN n.owner END,"
+            "  ttl = CASE WHEN n.waiter IS NULL THEN l.ttl ELSE n.ttl END,"
+            "  acquired_at = CASE WHEN n.waiter IS NULL THEN l.acquired_at ELSE now() END,"
+            "  expires_at = CASE WHEN n.waiter IS NULL THEN '-infinity'::timestamptz"
+            "   ELSE now() + make_interval(secs => coalesce(n.span, %(lease)s::float8)) END,"
+            "  granted = n.waiter"
+            "  FROM (SELECT 1) AS one LEFT JOIN nxt n ON true"
+            "  WHERE l.key_hash = %(h)s AND l.holder = %(who)s AND l.expires_at > now()"
+            "  RETURNING n.waiter, l.token, l.expires_at),"
+            " gone AS (DELETE FROM {W} WHERE waiter = (SELECT waiter FROM rel))"
+            " SELECT pg_notify(%(chan)s, CASE WHEN r.waiter IS NULL THEN %(payload)s::text"
+            "  ELSE %(payload)s::text || ' ' || r.waiter::text || ' ' || r.token::text"
+            "   || ' ' || extract(epoch FROM r.expires_at)::float8::text END)"
+            " FROM rel r"
+        )
+        # A call that gave up while a release handed it the lock finds the hold here.
+        self.granted = q(
+            "SELECT token, extract(epoch FROM expires_at)::float8 FROM {T}"
+            " WHERE key_hash = %(h)s AND granted = %(wid)s::uuid AND expires_at > now()"
         )
         self.extend = q(
             "UPDATE {T} SET expires_at = now() + make_interval(secs => coalesce(%(ttl)s::float8, %(lease)s::float8)),"
@@ -239,15 +280,20 @@ class _Sql:
             " ORDER BY l.key"
         )
         self.force = q(
-            "UPDATE {T} SET expires_at = '-infinity', owner = NULL WHERE key_hash = %(h)s AND expires_at > now()"
+            "UPDATE {T} SET expires_at = '-infinity', owner = NULL, granted = NULL"
+            " WHERE key_hash = %(h)s AND expires_at > now()"
             " RETURNING pg_notify(%(chan)s, %(payload)s)"
         )
-        # A waiter leaving the queue lets the next one in when the key is free.
+        # A waiter leaving the queue lets the next one in when the key is free; if a release
+        # handed it the lock meanwhile, the hold is returned (the caller keeps or releases it).
         self.withdraw = q(
             "WITH del AS (DELETE FROM {W} WHERE waiter = %(wid)s RETURNING 1),"
             " n AS (SELECT pg_notify(%(chan)s, %(payload)s) FROM del"
-            "  WHERE NOT EXISTS (SELECT 1 FROM {T} WHERE key_hash = %(h)s AND expires_at > now()))"
-            " SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM n)"
+            "  WHERE NOT EXISTS (SELECT 1 FROM {T} WHERE key_hash = %(h)s AND expires_at > now())),"
+            " got AS (SELECT token, extract(epoch FROM expires_at)::float8 AS e FROM {T}"
+            "  WHERE key_hash = %(h)s AND granted = %(wid)s::uuid AND expires_at > now())"
+            " SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM n), (SELECT token FROM got),"
+            "  (SELECT e FROM got)"
         )
         # The heartbeat: one statement renewing every hold of this process and the queue
         # tickets of its waiting calls (only those still waiting: a ticket whose call is
@@ -257,17 +303,24 @@ class _Sql:
         # call registering while the list of live waiters was taken keeps its place.
         self.heartbeat = q(
             "WITH a AS (UPDATE {T} SET expires_at = now() + make_interval(secs => %(lease)s::float8)"
-            "  WHERE owner = %(owner)s AND expires_at > now() RETURNING 1),"
+            "  WHERE owner = %(owner)s AND expires_at > now()"
+            "  AND (granted IS NULL OR NOT granted = ANY(%(orphans)s::uuid[])) RETURNING 1),"
             " b AS (UPDATE {W} SET expires_at = now() + make_interval(secs => %(lease)s::float8)"
             "  WHERE owner = %(owner)s AND waiter = ANY(%(live)s::uuid[]) AND expires_at > now() RETURNING 1),"
             " stale AS (DELETE FROM {W} WHERE owner = %(owner)s AND NOT (waiter = ANY(%(live)s::uuid[]))"
-            "  AND expires_at < now() + make_interval(secs => %(lease)s::float8 * 0.75) RETURNING key_hash),"
+            "  AND (expires_at < now() + make_interval(secs => %(lease)s::float8 * 0.75)"
+            "   OR waiter = ANY(%(orphans)s::uuid[])) RETURNING key_hash),"
+            # Holds handed to calls of this process that had already given up (their
+            # withdrawal failed): freed, and the key's waiters notified.
+            " freed AS (UPDATE {T} SET expires_at = '-infinity', owner = NULL, granted = NULL"
+            "  WHERE granted = ANY(%(orphans)s::uuid[]) AND expires_at > now() RETURNING key_hash),"
+            " nf AS (SELECT pg_notify(%(chan)s, encode(substring(key_hash FROM 1 FOR 12), 'hex')) FROM freed),"
             " n AS (SELECT pg_notify(%(chan)s, encode(substring(s.key_hash FROM 1 FOR 12), 'hex'))"
             "  FROM (SELECT DISTINCT key_hash FROM stale) s"
             "  WHERE NOT EXISTS (SELECT 1 FROM {T} l WHERE l.key_hash = s.key_hash AND l.expires_at > now())),"
             " lost AS (UPDATE {T} SET owner = NULL WHERE owner = %(owner)s AND expires_at <= now() RETURNING key)"
             " SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b), (SELECT array_agg(key) FROM lost),"
-            "  (SELECT count(*) FROM stale), (SELECT count(*) FROM n)"
+            "  (SELECT count(*) FROM stale), (SELECT count(*) FROM n), (SELECT count(*) FROM nf)"
         )
         # The janitor (every minute per process): rows released or expired long ago go, their
         # highest token folded into the table's high-water mark in the same statement, so a
@@ -355,7 +408,7 @@ def _epoch(value: float | None) -> float | None:
 class _Reg:
     """What a waiter of this backend carries in ``Waiter.data``."""
 
-    __slots__ = ("acquire", "chan", "db", "payload", "ticket", "wid")
+    __slots__ = ("acquire", "call", "chan", "db", "payload", "ticket", "wid")
 
     def __init__(self, chan: str, payload: str, acquire: bool) -> None:
         self.chan = chan
@@ -364,6 +417,16 @@ class _Reg:
         self.wid = uuid.uuid4() if acquire else None
         self.ticket: int | None = None
         self.db = False  # a queue row may exist
+        # (key, holder, hold_timeout) of a queued acquire: what its lease is made of when
+        # a release hands it the lock.
+        self.call: tuple[str, str, float | None] | None = None
+
+    def lease(self, token: int, expires: float) -> Lease:
+        """The lease of this call once handed the lock (its process's heartbeat already
+        runs: the call registered as a waiter)."""
+        assert self.call is not None
+        key, holder, ttl = self.call
+        return Lease(key, holder, token, None if ttl is None else expires, ttl)
 
 
 class _Listener:
@@ -469,10 +532,15 @@ class _Listener:
             os.write(self.wfd, b"x")
 
     def _dispatch(self, chan: str, payload: str) -> None:
-        # Wake every watcher and un-ticketed waiter, but of the queued acquirers only the
-        # oldest local one: the others cannot be admitted before it anyway (no herd).
+        key, _, grant = payload.partition(" ")
+        if grant:
+            self._granted(chan, key, grant)
+            return
+        # The key is free: wake every watcher and un-ticketed waiter, but of the queued
+        # acquirers only the oldest local one: the others cannot be admitted before it
+        # anyway (no herd).
         with self.mutex:
-            found = list(self.waiters.get((chan, payload), ()))
+            found = list(self.waiters.get((chan, key), ()))
         first: Waiter | None = None
         first_ticket = 0
         for waiter in found:
@@ -484,6 +552,33 @@ class _Listener:
                 first, first_ticket = waiter, ticket
         if first is not None:
             first.wake()
+
+    def _granted(self, chan: str, key: str, grant: str) -> None:
+        """A release handed the lock to a queued call: if it is one of ours and still
+        waiting, give it the lease (it returns without asking the table again)."""
+        try:
+            wid_text, token_text, expires_text = grant.split(" ")
+            wid, token, expires = uuid.UUID(wid_text), int(token_text), float(expires_text)
+        except ValueError:
+            log.warning("txlock ignored a malformed notification on %s: %r", chan, grant)
+            return
+        with self.mutex:
+            found = self.waiters.get((chan, key), [])
+            for waiter in found:
+                reg = waiter.data
+                if isinstance(reg, _Reg) and reg.wid == wid and reg.call is not None:
+                    # Under the mutex, so that a call giving up at this moment either finds
+                    # its lease here or finds itself unregistered and asks the table.
+                    found.remove(waiter)
+                    if not found:
+                        del self.waiters[(chan, key)]
+                    reg.db = False  # the releasing statement deleted the ticket
+                    waiter.data = None
+                    waiter.lease = reg.lease(token, expires)
+                    break
+            else:
+                return  # not ours, or the call already left (its withdrawal deals with it)
+        waiter.wake()
 
     def _wake_all(self) -> None:
         with self.mutex:
@@ -608,6 +703,12 @@ class _Listener:
 # ---------------------------------------------------------------------- the store (all I/O)
 
 
+_Link = tuple[psycopg.Connection[Any], psycopg.Cursor[Any]]
+_ALink = tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]
+_NO_TRANSACTION = contextlib.nullcontext()  # reusable, sync and async
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
 class _Op:
     """One round trip: statements (one, or several in a transaction) and their parameters."""
 
@@ -655,14 +756,22 @@ class _Store:
         self.ready = False
         self.refs = 0
         self.mutex = threading.Lock()
-        self.idle: list[psycopg.Connection[Any]] = []
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.aidle: list[psycopg.AsyncConnection[Any]] = []
+        # Idle connections, each with its cursor (made once: a statement costs no new objects).
+        self.idle: list[_Link] = []
+        self.used = 0  # blocking connections in use (at most MAX_CONNECTIONS)
+        self.blocked = 0  # threads waiting for one of them
+        self.freed = threading.Condition(self.mutex)
+        self.aidle: list[_ALink] = []
         self.aslots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
         self.heartbeat: _scheduler.Job | None = None
         self.janitor: _scheduler.Job | None = None
+        # Queued calls that gave up but whose ticket could not be removed (the statement
+        # failed): the heartbeat deletes their tickets and frees any hold a release handed
+        # them meanwhile. Kept for two leases (id -> monotonic deadline), long enough for a
+        # grant racing the first deletion to become visible to a later beat.
+        self.orphans: dict[uuid.UUID, float] = {}
         self.kinds: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.connect_args: dict[str, Any] = {"connect_timeout": "10", **conninfo, "autocommit": True}
         self.listener = _listener(conninfo, self.display)
@@ -679,9 +788,9 @@ class _Store:
             job, self.heartbeat = self.heartbeat, None
             sweep, self.janitor = self.janitor, None
             active, self.active = self.active, False
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
-        for aconn in aidle:
+        for aconn, _ in aidle:
             aconn.pgconn.finish()  # no await needed to drop an idle socket
         for each in (job, sweep):
             if each is not None:
@@ -706,13 +815,23 @@ class _Store:
             if self.heartbeat is None:
                 self.heartbeat = _scheduler.schedule(self._beat, self.lease / 3, name=f"txlock heartbeat {self.name}")
 
+    def orphan(self, wid: uuid.UUID | None) -> None:
+        """Remember a queued call that gave up without removing its ticket (see ``orphans``)."""
+        if wid is not None:
+            with self.mutex:
+                self.orphans[wid] = time.monotonic() + 2 * self.lease
+        self.need_heartbeat()
+
     def _beat(self) -> bool:
         with self.mutex:
             if self.heartbeat is None:
                 return False
+            now = time.monotonic()
+            self.orphans = {wid: until for wid, until in self.orphans.items() if until > now}
+            orphans = list(self.orphans)
         try:
             live = self.listener.live(self.chan)
-            params = {"owner": self.owner, "lease": self.lease, "live": live, "chan": self.chan}
+            params = {"owner": self.owner, "lease": self.lease, "live": live, "chan": self.chan, "orphans": orphans}
             rows = self.run(_Op([self.sql.heartbeat], params))
         except BackendError as exc:
             log.warning("txlock heartbeat for %s failed: %s", self.display, exc)
@@ -773,9 +892,9 @@ class _Store:
         with self.mutex:
             idle, self.idle = self.idle, []
             aidle, self.aidle = self.aidle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
-        for aconn in aidle:
+        for aconn, _ in aidle:
             aconn.pgconn.finish()
 
     # -- sync I/O
@@ -785,46 +904,55 @@ class _Store:
         conn.add_notify_handler(_ignore)  # stray notifications (pgbouncer) must not pile up
         return conn
 
-    def _get(self) -> psycopg.Connection[Any]:
+    def _get(self) -> _Link:
         if self.pool is not None:
             conn: psycopg.Connection[Any] = self.pool.getconn()
-            return conn
-        self.slots.acquire()
+            return conn, conn.cursor(row_factory=tuple_row)
+        with self.mutex:
+            while self.used >= MAX_CONNECTIONS:
+                self.blocked += 1
+                try:
+                    self.freed.wait()
+                finally:
+                    self.blocked -= 1
+            self.used += 1
+            if self.idle:
+                return self.idle.pop()
         try:
-            with self.mutex:
-                if self.idle:
-                    return self.idle.pop()
-            return self._connect()
+            conn = self._connect()
         except BaseException:
-            self.slots.release()
+            self._done(None)
             raise
+        return conn, conn.cursor(row_factory=tuple_row)
 
-    def _put(self, conn: psycopg.Connection[Any]) -> None:
+    def _done(self, link: _Link | None) -> bool:
+        """Give a connection slot back, and ``link`` to the idle list if it may be reused
+        (returns whether it was kept)."""
+        with self.mutex:
+            self.used -= 1
+            if self.blocked:
+                self.freed.notify()
+            if link is not None and self.active:
+                self.idle.append(link)
+                return True
+        return False
+
+    def _put(self, link: _Link) -> None:
         if self.pool is not None:
-            self.pool.putconn(conn)
-            return
-        try:
-            if _reusable(conn):
-                with self.mutex:
-                    if self.active:
-                        self.idle.append(conn)
-                        return
-            conn.close()
-        finally:
-            self.slots.release()
+            self.pool.putconn(link[0])
+        elif not self._done(link if _reusable(link[0]) else None):
+            link[0].close()
 
-    def _execute(self, conn: psycopg.Connection[Any], op: _Op) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        with conn.transaction() if len(op.statements) > 1 or not conn.autocommit else contextlib.nullcontext():
+    def _execute(self, link: _Link, op: _Op) -> list[tuple[Any, ...]]:
+        conn, cur = link
+        with conn.transaction() if len(op.statements) > 1 or not conn.autocommit else _NO_TRANSACTION:
             direct = self.kinds.get(conn)
             if direct is None:
                 direct = self.classify(conn, conn.execute(_PID, prepare=False).fetchone())
             prepare = direct and self.prepare
-            cur = conn.cursor(row_factory=tuple_row)
             for statement in op.statements:
                 cur.execute(statement, op.params, prepare=prepare)
-                rows = cur.fetchall() if cur.description is not None else []
-        return rows
+            return cur.fetchall()  # every op ends with a statement that returns rows
 
     def run(self, op: _Op) -> list[tuple[Any, ...]]:
         """Execute ``op`` (creating the tables first if needed) and return the last rows."""
@@ -841,15 +969,15 @@ class _Store:
     def _io(self, op: _Op) -> list[tuple[Any, ...]]:
         attempt = 0
         while True:
-            conn = None
+            link = None
             try:
-                conn = self._get()
+                link = self._get()
                 try:
-                    return self._execute(conn, op)
+                    return self._execute(link, op)
                 finally:
-                    self._put(conn)
+                    self._put(link)
             except Exception as exc:
-                rows = self._failed(exc, op, attempt, conn)
+                rows = self._failed(exc, op, attempt, link and link[0])
                 if rows is not None:
                     return rows
             attempt += 1
@@ -885,22 +1013,24 @@ class _Store:
                 sem = self.aslots[loop] = asyncio.Semaphore(MAX_CONNECTIONS)
             return sem
 
-    async def _aget(self) -> psycopg.AsyncConnection[Any]:
+    async def _aget(self) -> _ALink:
         if self.async_pool is not None:
             conn: psycopg.AsyncConnection[Any] = await self.async_pool.getconn()
-            return conn
+            return conn, conn.cursor(row_factory=tuple_row)
         sem = self._aslots()
         await sem.acquire()
         try:
             with self.mutex:
                 if self.aidle:
                     return self.aidle.pop()
-            return await self._aconnect()
+            conn = await self._aconnect()
         except BaseException:
             sem.release()
             raise
+        return conn, conn.cursor(row_factory=tuple_row)
 
-    async def _aput(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _aput(self, link: _ALink) -> None:
+        conn = link[0]
         if self.async_pool is not None:
             await self.async_pool.putconn(conn)
             return
@@ -908,24 +1038,22 @@ class _Store:
             if _reusable(conn):
                 with self.mutex:
                     if self.active:
-                        self.aidle.append(conn)
+                        self.aidle.append(link)
                         return
             await conn.close()
         finally:
             self._aslots().release()
 
-    async def _aexecute(self, conn: psycopg.AsyncConnection[Any], op: _Op) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        async with conn.transaction() if len(op.statements) > 1 or not conn.autocommit else contextlib.nullcontext():
+    async def _aexecute(self, link: _ALink, op: _Op) -> list[tuple[Any, ...]]:
+        conn, cur = link
+        async with conn.transaction() if len(op.statements) > 1 or not conn.autocommit else _NO_TRANSACTION:
             direct = self.kinds.get(conn)
             if direct is None:
                 direct = self.classify(conn, await (await conn.execute(_PID, prepare=False)).fetchone())
             prepare = direct and self.prepare
-            cur = conn.cursor(row_factory=tuple_row)
             for statement in op.statements:
                 await cur.execute(statement, op.params, prepare=prepare)
-                rows = await cur.fetchall() if cur.description is not None else []
-        return rows
+            return await cur.fetchall()
 
     async def arun(self, op: _Op) -> list[tuple[Any, ...]]:
         """Async form of :meth:`run`."""
@@ -942,15 +1070,15 @@ class _Store:
     async def _aio(self, op: _Op) -> list[tuple[Any, ...]]:
         attempt = 0
         while True:
-            conn = None
+            link = None
             try:
-                conn = await self._aget()
+                link = await self._aget()
                 try:
-                    return await self._aexecute(conn, op)
+                    return await self._aexecute(link, op)
                 finally:
-                    await self._aput(conn)
+                    await self._aput(link)
             except Exception as exc:
-                rows = self._failed(exc, op, attempt, conn)
+                rows = self._failed(exc, op, attempt, link and link[0])
                 if rows is not None:
                     return rows
             attempt += 1
@@ -1024,7 +1152,7 @@ def _ignore(_note: object) -> None:
 
 
 def _reusable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    return not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    return not conn.closed and conn.pgconn.transaction_status == _IDLE
 
 
 def _broken(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -1311,6 +1439,7 @@ class PostgresLockManager(BaseLockManager):
         reg: _Reg | None = waiter.data
         if reg is not None:
             reg.db = True
+            reg.call = (key, holder, ttl)
             self._store.need_heartbeat()
         params: dict[str, Any] = {
             "h": digest,
@@ -1351,7 +1480,8 @@ class PostgresLockManager(BaseLockManager):
 
     def _op_release(self, key: str, holder: str) -> _Op:
         _, digest, payload = self._k(key)
-        params = {"h": digest, "who": encode(holder), "chan": self._store.chan, "payload": payload}
+        params: dict[str, Any] = {"h": digest, "who": encode(holder), "chan": self._store.chan}
+        params.update(payload=payload, lease=self._store.lease)
         return _Op([self._store.sql.release], params)
 
     @staticmethod
@@ -1414,18 +1544,31 @@ class PostgresLockManager(BaseLockManager):
         return Busy(decode(bytes(rows[0][0])), self._retry(rows[0][1]))
 
     def _op_withdraw(self, key: str, waiter: Waiter) -> _Op | None:
-        """Forget ``waiter`` locally; the statement that removes its queue row, if any."""
+        """Forget ``waiter`` locally; the statement that removes its queue row, if any.
+
+        A lease a release handed over is in ``waiter.lease`` afterwards (when the listener
+        delivered it) or comes back from the statement (see :meth:`_parse_withdraw`)."""
         reg: _Reg | None = waiter.data
-        waiter.data = None
         if reg is None:
             return None
-        self._store.listener.remove(reg, waiter)
-        if not reg.acquire or not reg.db:
+        self._store.listener.remove(reg, waiter)  # from here on the listener leaves it alone
+        waiter.data = None
+        if not reg.acquire or not reg.db or waiter.lease is not None:
             return None
         _, digest, payload = self._k(key)
         params = {"wid": reg.wid, "h": digest, "chan": reg.chan, "payload": payload}
         return _Op([self._store.sql.withdraw], params)
 
+    def _op_granted(self, op: _Op) -> _Op:
+        return _Op([self._store.sql.granted], {"h": op.params["h"], "wid": op.params["wid"]})
+
+    @staticmethod
+    def _handed(reg: _Reg, row: Sequence[Any]) -> Lease | None:
+        """The lease a release handed to a leaving call, from ``(token, expiry)``."""
+        token, expires = row
+        return None if token is None else reg.lease(int(token), float(expires))
+
+    # ------------------------------------------------------------------ primitives (thin I/O)
     # ------------------------------------------------------------------ primitives (thin I/O)
 
     def _try_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
@@ -1484,16 +1627,36 @@ class PostgresLockManager(BaseLockManager):
         return self._parse_watch(await self._store.arun(self._op_watch(key, waiter)))
 
     def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
+        reg: _Reg | None = waiter.data
         op = self._op_withdraw(key, waiter)
-        if op is not None:
-            self._store.run(op)
-        return None  # waiters are admitted, never handed the lock: nothing can have landed
+        if op is None or reg is None:
+            return waiter.lease
+        try:
+            deleted, _, token, expires = self._store.run(op)[0]
+            handed: Sequence[Any] = (token, expires)
+            if token is None and not deleted:
+                # The ticket was gone but no grant visible: a release may have taken it while
+                # this statement waited for its row lock (committing after this one began).
+                handed = (self._store.run(self._op_granted(op)) or [(None, None)])[0]
+        except BaseException:
+            self._store.orphan(reg.wid)
+            raise
+        return self._handed(reg, handed)
 
     async def _awithdraw(self, key: str, waiter: Waiter) -> Lease | None:
+        reg: _Reg | None = waiter.data
         op = self._op_withdraw(key, waiter)
-        if op is not None:
-            await self._store.arun(op)
-        return None
+        if op is None or reg is None:
+            return waiter.lease
+        try:
+            deleted, _, token, expires = (await self._store.arun(op))[0]
+            handed: Sequence[Any] = (token, expires)
+            if token is None and not deleted:
+                handed = ((await self._store.arun(self._op_granted(op))) or [(None, None)])[0]
+        except BaseException:
+            self._store.orphan(reg.wid)
+            raise
+        return self._handed(reg, handed)
 
     # ------------------------------------------------------------------ extras
 
