@@ -504,6 +504,85 @@ def test_tables_of_schema_version_2_are_migrated_in_place(shared_url: str) -> No
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def _notifications_until_sentinel(listen: Any, chan: str, talk: Any) -> list[str]:
+    """Payloads on ``chan`` up to a sentinel sent now from another connection: notifications
+    arrive in commit order, so this is everything committed before the call."""
+    talk.execute("SELECT pg_notify(%s, 'sentinel')", (chan,))
+    seen = []
+    for note in listen.notifies(timeout=30):
+        if note.payload == "sentinel":
+            return seen
+        seen.append(note.payload)
+    raise AssertionError("the sentinel notification never arrived")
+
+
+def test_a_release_notifies_only_when_someone_sleeps_on_the_key(shared_url: str) -> None:
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=120)
+    chan = m._store.chan
+    with psycopg.connect(shared_url, autocommit=True) as listen, psycopg.connect(shared_url, autocommit=True) as talk:
+        listen.execute(f'LISTEN "{chan}"')
+        try:
+            for _ in range(3):  # uncontended: no NOTIFY at all (no wake-up traffic for every process)
+                assert m.acquire_lock("k", "A")
+                m.release_lock("k", "A")
+            assert _notifications_until_sentinel(listen, chan, talk) == []
+            assert m.acquire_lock("k", "A")
+            done = threading.Event()
+            t = threading.Thread(target=lambda: m.wait_for_lock("k", timeout=30) and done.set())
+            t.start()
+            eventually(lambda: _wake_mark(shared_url, m.prefix, "k"), what="the watcher to mark the key")
+            m.release_lock("k", "A")
+            assert done.wait(30)
+            t.join(30)
+            assert len(_notifications_until_sentinel(listen, chan, talk)) == 1  # the "free" for the watcher
+            assert not _wake_mark(shared_url, m.prefix, "k")  # cleared by the release that freed it
+        finally:
+            m.close()
+
+
+def _wake_mark(url: str, prefix: str, key: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT wake FROM txlock.locks WHERE key_hash = %s", (_digest(prefix, key),)).fetchone()
+    return bool(row and row[0])
+
+
+def test_sleepers_are_woken_by_the_release_alone(shared_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the safety net pushed to 10 minutes, every return below within the 30 s timeouts
+    # is a push: wait_for_lock callers by the "free" NOTIFY, queued acquirers by hand-offs.
+    monkeypatch.setattr("txlock.backends.postgres.SAFETY_NET", 600.0)
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=1200)
+    try:
+        assert m.acquire_lock("k", "A")
+        watched = []
+        acquired = []
+
+        def watch() -> None:
+            watched.append(m.wait_for_lock("k", timeout=30))
+
+        def take(name: str) -> None:
+            acquired.append(m.acquire_lock("k", name, acquire_timeout=30))
+            m.release_lock("k", name)
+
+        threads = [threading.Thread(target=watch) for _ in range(3)]
+        threads += [threading.Thread(target=take, args=(f"w{n}",)) for n in range(3)]
+        for t in threads[:3]:
+            t.start()
+        eventually(lambda: m._store.listener.count() == 3, what="the watchers to register")
+        eventually(lambda: _wake_mark(shared_url, m.prefix, "k"), what="the key to be marked")
+        for n, t in enumerate(threads[3:]):
+            t.start()
+            eventually(lambda n=n: (m.inspect("k") or txlock.LockInfo("", "", 0, 0, None, 0)).waiters == n + 1,
+                       what="the acquirers to queue")
+        m.release_lock("k", "A")  # hand-offs through w0, w1, w2, then the key is free
+        for t in threads:
+            t.join(60)
+        assert acquired == [True] * 3
+        assert watched == [True] * 3
+        assert m.inspect("k") is None
+    finally:
+        m.close()
+
+
 def _wait_forever(url: str, key: str) -> None:
     m = txlock.from_url(url)
     m.acquire_lock(key, "doomed-waiter", acquire_timeout=600)

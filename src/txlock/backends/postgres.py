@@ -125,7 +125,8 @@ class _Sql:
                 " ttl double precision,"
                 " acquired_at timestamptz NOT NULL,"
                 " expires_at timestamptz NOT NULL,"  # -infinity once released
-                " granted uuid)"  # the queued call this hold was handed to by a release
+                " granted uuid,"  # the queued call this hold was handed to by a release
+                " wake boolean NOT NULL DEFAULT false)"  # someone waits for this key to be free
             ),
             q("CREATE INDEX IF NOT EXISTS {Tprefix} ON {T} (substring(key FROM 1 FOR {N}))"),
             q("CREATE INDEX IF NOT EXISTS {Towner} ON {T} (owner) WHERE owner IS NOT NULL"),
@@ -151,7 +152,10 @@ class _Sql:
             q("SELECT pg_advisory_xact_lock(%(ddl_lock)s)"),
             q("ALTER TABLE {V} ADD COLUMN IF NOT EXISTS hwm bigint NOT NULL DEFAULT 0"),
             q("ALTER TABLE {W} ADD COLUMN IF NOT EXISTS session bigint"),
-            q("ALTER TABLE {T} ADD COLUMN IF NOT EXISTS granted uuid"),
+            q(
+                "ALTER TABLE {T} ADD COLUMN IF NOT EXISTS granted uuid,"
+                " ADD COLUMN IF NOT EXISTS wake boolean NOT NULL DEFAULT false"
+            ),
             q(
                 "ALTER TABLE {W} ADD COLUMN IF NOT EXISTS holder bytea,"
                 " ADD COLUMN IF NOT EXISTS ttl double precision, ADD COLUMN IF NOT EXISTS span double precision"
@@ -189,13 +193,16 @@ class _Sql:
             "   %(session)s::int8, %(who)s, %(ttl)s::float8, coalesce(%(ttl)s::float8, %(lease)s::float8)"
             "  WHERE %(wid)s::uuid IS NOT NULL AND %(ticket)s::int8 IS NULL AND NOT EXISTS (SELECT 1 FROM ins)"
             "  ON CONFLICT (waiter) DO NOTHING RETURNING ticket),"
-            " gone AS (DELETE FROM {W} WHERE waiter = %(wid)s::uuid AND EXISTS (SELECT 1 FROM ins) RETURNING 1)"
+            " gone AS (DELETE FROM {W} WHERE waiter = %(wid)s::uuid AND EXISTS (SELECT 1 FROM ins) RETURNING 1),"
+            # Refused: mark the key, so that the release that frees it notifies (the mark is
+            # on the row the release locks, so it sees it even if it began before this).
+            " flag AS (UPDATE {T} SET wake = true WHERE key_hash = %(h)s AND NOT EXISTS (SELECT 1 FROM ins) RETURNING 1)"
             " SELECT i.token, extract(epoch FROM i.acquired_at)::float8, extract(epoch FROM i.expires_at)::float8,"
             "  c.holder, extract(epoch FROM c.expires_at - now())::float8,"
             "  a.n, extract(epoch FROM a.until - now())::float8,"
             "  coalesce((SELECT ticket FROM reg),"
             "   (SELECT ticket FROM {W} WHERE %(ticket)s::int8 IS NULL AND waiter = %(wid)s::uuid)),"
-            "  (SELECT count(*) FROM gone)"
+            "  (SELECT count(*) FROM gone), (SELECT count(*) FROM flag)"
             " FROM (SELECT 1) AS one LEFT JOIN ins i ON true LEFT JOIN cur c ON true LEFT JOIN ahead a ON true"
         )
         # The first attempt of a call (no waiter yet): the same grant as above when nobody
@@ -222,11 +229,13 @@ class _Sql:
         # and the ticket goes, all in this statement, and the NOTIFY tells the waiter's
         # process that it holds the lock (payload: key hash, waiter id, token, expiry), so
         # the waiter needs no statement of its own. With nobody queued the key is freed
-        # (the row stays: its token is the key's high-water mark) and the NOTIFY says so.
-        # Row locks are taken lock row first, then ticket, as in a waiter's own attempt.
-        # Nothing returned: not ours, see ``holder``.
+        # (the row stays: its token is the key's high-water mark), and a NOTIFY says so only
+        # if the row is marked (``wake``): some caller sleeps on it. ``cur`` locks the row
+        # and reads the mark from its latest version, so a mark committed after this
+        # statement began still counts. Row locks go lock row first, then ticket, as in a
+        # waiter's own attempt. Nothing returned: not ours, see ``holder``.
         self.release = q(
-            "WITH cur AS (SELECT 1 FROM {T} WHERE key_hash = %(h)s AND holder = %(who)s AND expires_at > now()"
+            "WITH cur AS (SELECT wake FROM {T} WHERE key_hash = %(h)s AND holder = %(who)s AND expires_at > now()"
             "  FOR UPDATE),"
             " nxt AS (SELECT w.waiter, w.holder, w.ttl, w.span, w.owner FROM {W} w"
             "  WHERE EXISTS (SELECT 1 FROM cur) AND w.key_hash = %(h)s AND w.expires_at > now()"
@@ -240,15 +249,16 @@ class _Sql:
             "  acquired_at = CASE WHEN n.waiter IS NULL THEN l.acquired_at ELSE now() END,"
             "  expires_at = CASE WHEN n.waiter IS NULL THEN '-infinity'::timestamptz"
             "   ELSE now() + make_interval(secs => coalesce(n.span, %(lease)s::float8)) END,"
-            "  granted = n.waiter"
+            "  granted = n.waiter, wake = n.waiter IS NOT NULL AND l.wake"
             "  FROM (SELECT 1) AS one LEFT JOIN nxt n ON true"
             "  WHERE l.key_hash = %(h)s AND l.holder = %(who)s AND l.expires_at > now()"
             "  RETURNING n.waiter, l.token, l.expires_at),"
-            " gone AS (DELETE FROM {W} WHERE waiter = (SELECT waiter FROM rel))"
-            " SELECT pg_notify(%(chan)s, CASE WHEN r.waiter IS NULL THEN %(payload)s::text"
-            "  ELSE %(payload)s::text || ' ' || r.waiter::text || ' ' || r.token::text"
-            "   || ' ' || extract(epoch FROM r.expires_at)::float8::text END)"
-            " FROM rel r"
+            " gone AS (DELETE FROM {W} WHERE waiter = (SELECT waiter FROM rel)),"
+            " say AS (SELECT pg_notify(%(chan)s, CASE WHEN r.waiter IS NULL THEN %(payload)s::text"
+            "   ELSE %(payload)s::text || ' ' || r.waiter::text || ' ' || r.token::text"
+            "    || ' ' || extract(epoch FROM r.expires_at)::float8::text END)"
+            "  FROM rel r WHERE r.waiter IS NOT NULL OR (SELECT wake FROM cur))"
+            " SELECT r.waiter, (SELECT count(*) FROM say) FROM rel r"
         )
         # A call that gave up while a release handed it the lock finds the hold here.
         self.granted = q(
@@ -265,6 +275,11 @@ class _Sql:
         self.watch = q(
             "SELECT holder, extract(epoch FROM expires_at - now())::float8"
             " FROM {T} WHERE key_hash = %(h)s AND expires_at > now()"
+        )
+        # A registered wait_for_lock caller marks the key it sleeps on (see ``acquire``).
+        self.watch_mark = q(
+            "UPDATE {T} SET wake = true WHERE key_hash = %(h)s AND expires_at > now()"
+            " RETURNING holder, extract(epoch FROM expires_at - now())::float8"
         )
         info = (
             " l.key, l.holder, l.token, extract(epoch FROM l.acquired_at)::float8,"
@@ -1462,7 +1477,7 @@ class PostgresLockManager(BaseLockManager):
             # The first attempt: granted, or refused without details (the caller's next
             # attempt, with a waiter, reports the holder and how long to sleep).
             return self._lease(key, holder, ttl, rows[0]) if rows else Busy(None, 0.0)
-        token, _, _, other, left, ahead, ahead_left, ticket, _ = rows[0]
+        token, _, _, other, left, ahead, ahead_left, ticket, _, _ = rows[0]
         reg: _Reg | None = waiter.data
         if token is not None:
             if reg is not None and waiter is not None:
@@ -1536,7 +1551,8 @@ class PostgresLockManager(BaseLockManager):
 
     def _op_watch(self, key: str, waiter: Waiter | None) -> _Op:
         _, digest, _ = self._k(key)
-        return _Op([self._store.sql.watch], {"h": digest}, self._arm(key, waiter, False))
+        statement = self._store.sql.watch if waiter is None else self._store.sql.watch_mark
+        return _Op([statement], {"h": digest}, self._arm(key, waiter, False))
 
     def _parse_watch(self, rows: list[tuple[Any, ...]]) -> Busy | None:
         if not rows:
