@@ -52,11 +52,15 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def eventually(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``predicate`` (a state the test can inspect) until it holds; fail after ``timeout``
-    seconds. For waiting on observable state, never for ordering events."""
+def eventually(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``predicate`` (a state the test can inspect) until it returns something true,
+    and return that; fail after ``timeout`` seconds. For waiting on observable state, never
+    for ordering events."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.002)

@@ -15,14 +15,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import url_for
+from conftest import eventually, url_for
 
 pytestmark = pytest.mark.cli
 
@@ -156,16 +155,6 @@ def child(tmp_path: Path) -> Callable[..., list[str]]:
     return argv
 
 
-def eventually(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def lines(path: Path) -> list[str]:

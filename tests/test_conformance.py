@@ -21,18 +21,11 @@ import cloudpickle
 import pytest
 
 import txlock
-from conftest import Api, LoopThread
+from conftest import Api, LoopThread, eventually
 
 # ---------------------------------------------------------------- helpers
 
 
-def eventually(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
 
 
 class Background:

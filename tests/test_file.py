@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import txlock
+from conftest import eventually
 from txlock.backends import file as F
 from txlock.backends.file import FileSystemLockManager, key_filename
 
@@ -49,13 +50,6 @@ def m(directory: str) -> Iterator[FileSystemLockManager]:
         manager.close()
 
 
-def eventually(predicate: object, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    assert callable(predicate)
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
 
 
 class Helper:
