@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,21 @@ def per_op(fn: Callable[[int], None], n: int, repeat: int = 5) -> float:
         t0 = time.perf_counter()
         fn(n)
         best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def per_op_interleaved(fns: Mapping[str, Callable[[int], None]], n: int, rounds: int = 7) -> dict[str, float]:
+    """Best-of-``rounds`` seconds per operation for each of ``fns``, measured in alternation
+    (round 1 of each, round 2 of each, ...), so a floor and the code beside it see the same
+    moments of a noisy machine."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+        fn(max(1, n // 10))  # warm up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(n)
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
     return best
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import Row, pct, per_op, report
+from _harness import Row, pct, per_op_interleaved, report
 
 URL = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
     "TXLOCK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -32,51 +32,39 @@ def _manager(prefix: str):  # type: ignore[no-untyped-def]
     return PostgresLockManager(URL, prefix=prefix)
 
 
-def floor_insert_delete(n: int) -> float:
+def uncontended(n: int) -> tuple[float, float, float]:
+    """(txlock, INSERT+DELETE floor, advisory lock floor) seconds per acquire+release,
+    measured in alternation on one server."""
     import psycopg
 
+    m = _manager(f"bench{uuid.uuid4().hex[:8]}:")
     with psycopg.connect(URL, autocommit=True) as conn:
         table = f"txlock_bench_{uuid.uuid4().hex[:8]}"
         conn.execute(f"CREATE UNLOGGED TABLE {table} (k bytea PRIMARY KEY, h bytea, t bigint)")
-        try:
-            ins = f"INSERT INTO {table} VALUES (%s, %s, 1) ON CONFLICT DO NOTHING"
-            dele = f"DELETE FROM {table} WHERE k = %s AND h = %s"
+        ins = f"INSERT INTO {table} VALUES (%s, %s, 1) ON CONFLICT DO NOTHING"
+        dele = f"DELETE FROM {table} WHERE k = %s AND h = %s"
 
-            def run(m: int) -> None:
-                for _ in range(m):
-                    conn.execute(ins, (b"k" * 32, b"h"), prepare=True)
-                    conn.execute(dele, (b"k" * 32, b"h"), prepare=True)
+        def floor(k: int) -> None:
+            for _ in range(k):
+                conn.execute(ins, (b"k" * 32, b"h"), prepare=True)
+                conn.execute(dele, (b"k" * 32, b"h"), prepare=True)
 
-            return per_op(run, n)
-        finally:
-            conn.execute(f"DROP TABLE {table}")
-
-
-def floor_advisory(n: int) -> float:
-    import psycopg
-
-    with psycopg.connect(URL, autocommit=True) as conn:
-
-        def run(m: int) -> None:
-            for _ in range(m):
+        def advisory(k: int) -> None:
+            for _ in range(k):
                 conn.execute("SELECT pg_try_advisory_lock(%s)", (424242,), prepare=True)
                 conn.execute("SELECT pg_advisory_unlock(%s)", (424242,), prepare=True)
 
-        return per_op(run, n)
-
-
-def uncontended(n: int) -> float:
-    m = _manager(f"bench{uuid.uuid4().hex[:8]}:")
-    try:
-
-        def run(k: int) -> None:
+        def ours(k: int) -> None:
             for _ in range(k):
                 m.acquire_lock("k", "h", hold_timeout=30)
                 m.release_lock("k", "h")
 
-        return per_op(run, n)
-    finally:
-        m.close()
+        try:
+            best = per_op_interleaved({"ours": ours, "floor": floor, "advisory": advisory}, n)
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+            m.close()
+    return best["ours"], best["floor"], best["advisory"]
 
 
 # ---------------------------------------------------------------- cross-process hand-offs
@@ -213,9 +201,7 @@ def main() -> None:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp())
-    insert_delete = floor_insert_delete(2000)
-    advisory = floor_advisory(2000)
-    ours = uncontended(2000)
+    ours, insert_delete, advisory = uncontended(1000)
     notify = floor_notify(300)
     hand = handoff(300, tmp)
     throughput = contention(5.0, tmp)

@@ -14,7 +14,7 @@ import logging
 import os
 import pickle
 import random
-import select
+import selectors
 import signal
 import subprocess
 import sys
@@ -240,7 +240,8 @@ assert m.acquire_lock(sys.argv[2], "proc-" + str(os.getpid()), acquire_timeout=1
 if sys.argv[3] == "fork":
     pid = os.fork()
     if pid == 0:
-        faulthandler.cancel_dump_traceback_later()
+        # (No faulthandler call here: its watchdog thread did not survive the fork, and on
+        # CPython 3.11 cancel_dump_traceback_later() in a forked child waits for it forever.)
         print("child", os.getpid(), flush=True)
         # Stop sharing the parent's stdout: the test must see EOF if the parent dies.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -269,27 +270,37 @@ def _spawn_once(url: str, key: str, mode: str) -> tuple[subprocess.Popen[bytes] 
     lines: list[str] = []
     pending = b""
     deadline = time.monotonic() + 60
-    while True:
-        while b"\n" in pending:  # whole lines already read, maybe several in one read
-            raw, pending = pending.split(b"\n", 1)
-            lines.append(raw.decode())
-            if raw.startswith(b"held"):
-                return proc, lines, ""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        pending += chunk
+    with selectors.DefaultSelector() as sel:  # poll/epoll: no limit on descriptor numbers
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            while b"\n" in pending:  # whole lines already read, maybe several in one read
+                raw, pending = pending.split(b"\n", 1)
+                lines.append(raw.decode())
+                if raw.startswith(b"held"):
+                    return proc, lines, ""
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            pending += chunk
     return None, lines, _stop(proc)
 
 
-def _spawn_holder(url: str, key: str, mode: str) -> tuple[subprocess.Popen[bytes], list[str]]:
-    # One retry: a holder process that never reports (seen intermittently in full CI runs,
-    # cause not yet found) is killed with its children and its stderr kept for the report.
+def _spawn_holder(
+    url: str, key: str, mode: str, request: pytest.FixtureRequest
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    # One retry, a stopgap: a holder that never reported "held" was seen twice in full CI
+    # runs and never since (hundreds of runs under load). Its stderr (with faulthandler's
+    # stacks after 40 s) is printed even when the retry succeeds, so the next occurrence
+    # says where the holder was stuck.
     proc, lines, first = _spawn_once(url, key, mode)
     if proc is None:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n{request.node.nodeid}: holder never reported 'held' (retrying);"
+                                f" output {lines!r}, stderr:\n{first}")
         proc, lines, second = _spawn_once(url, key, mode)
         if proc is None:
             pytest.fail(f"holder never reported 'held'; its output: {lines!r}\nstderr, first try:\n{first}"
@@ -306,7 +317,7 @@ def test_a_sigkilled_holder_frees_the_key_within_the_lease(
     lease = 0.6
     url = url_for("redis", request, tmp_path) + f"&lease={lease}"
     m = txlock.from_url(url)
-    proc, _ = _spawn_holder(url, "k", mode)
+    proc, _ = _spawn_holder(url, "k", mode, request)
     try:
         assert m.is_locked("k")
         assert not m.wait_for_lock("k", timeout=3 * lease)  # the heartbeat keeps it alive
@@ -320,6 +331,30 @@ def test_a_sigkilled_holder_frees_the_key_within_the_lease(
         assert info is not None and info.holder == "next"
     finally:
         _stop(proc)  # the holder's whole session: the forked child too
+        m.close()
+
+
+@pytest.mark.redis
+def test_a_stopped_server_is_a_clear_error_not_a_hang(private_redis: RedisServer) -> None:
+    # A server that accepts the connection but never answers (SIGSTOP, or a half-open
+    # connection) must end in BackendUnavailable after socket_timeout (30 s unless the URL
+    # says otherwise), not block the call forever; once it answers again, calls work.
+    assert RedisLockManager(private_redis.url)._client().connection_pool.connection_kwargs["socket_timeout"] == 30
+    m = RedisLockManager(private_redis.url + ("&" if "?" in private_redis.url else "?") + "socket_timeout=0.5")
+    assert private_redis.proc is not None
+    try:
+        assert m.acquire_lock("k", "a")
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(txlock.BackendUnavailable, match="Redis"):
+                m.is_locked("k")
+            assert time.monotonic() - started < 10
+        finally:
+            private_redis.proc.send_signal(signal.SIGCONT)
+        assert m.is_lock_holder("k", "a")
+        m.release_lock("k", "a")
+    finally:
         m.close()
 
 

@@ -907,16 +907,16 @@ class RedisLockManager(BaseLockManager):
     # ------------------------------------------------------------------ clients
 
     def _redis_kwargs(self) -> dict[str, Any]:
-        # A connect that never completes must become a clear BackendUnavailable, not a
-        # hang (redis-py waits forever by default); a URL's socket_connect_timeout wins.
+        # A connect or a reply that never comes (server stopped, half-open connection) must
+        # become a clear BackendUnavailable, not a hang: redis-py waits forever by default.
+        # Every command txlock sends is a short script, so 30 s without a reply means the
+        # server is gone. The URL's socket_connect_timeout / socket_timeout win.
+        timeouts = {"socket_connect_timeout": 10, "socket_timeout": 30}
         if self._cluster:
-            return {"socket_connect_timeout": 10}
+            return timeouts
         # Fail fast when the server is down (redis-py's default retries for ~2 s), but
         # still retry once so that a pooled connection dropped by a restart reconnects.
-        return {
-            "retry": Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.005), 2),
-            "socket_connect_timeout": 10,
-        }
+        return {"retry": Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.005), 2), **timeouts}
 
     def _new_sync(self) -> Any:
         if self._cluster:
