@@ -3,11 +3,12 @@
 Holds are rows of a table (``txlock.locks`` by default) judged by the *server's* clock:
 acquire, release, extend and inspect are each one SQL statement. Fencing tokens are seeded
 from the server's clock and kept per key (never regressing, without any WAL write), waiters
-sleep on ``LISTEN`` (one listening connection per process and database) and are woken by the
-``NOTIFY`` the releasing statement sends, and they are admitted in arrival order through a
-small queue table. Holds without ``hold_timeout`` are leases renewed by one
-heartbeat statement per process, so they end a bounded time after their process dies,
-also behind a transaction-pooling proxy such as pgbouncer.
+sleep on ``LISTEN`` (one listening connection per process and database), and they are
+served in arrival order through a small queue table: the releasing statement hands the lock
+straight to the oldest queued call and its ``NOTIFY`` carries the grant. Holds without
+``hold_timeout`` are leases renewed by one heartbeat statement per process, so they end a
+bounded time after their process dies, also behind a transaction-pooling proxy such as
+pgbouncer.
 
 Everything that talks to the server goes through :class:`_Store` (``run`` / ``arun``);
 the SQL is built and the replies parsed by plain functions shared by both worlds.
@@ -195,8 +196,11 @@ class _Sql:
             "  ON CONFLICT (waiter) DO NOTHING RETURNING ticket),"
             " gone AS (DELETE FROM {W} WHERE waiter = %(wid)s::uuid AND EXISTS (SELECT 1 FROM ins) RETURNING 1),"
             # Refused: mark the key, so that the release that frees it notifies (the mark is
-            # on the row the release locks, so it sees it even if it began before this).
-            " flag AS (UPDATE {T} SET wake = true WHERE key_hash = %(h)s AND NOT EXISTS (SELECT 1 FROM ins) RETURNING 1)"
+            # on the row the release locks, so it sees it even if it began before this). A
+            # row committed after this statement's snapshot cannot be marked here: the
+            # caller then looks again at once (see _parse_acquire).
+            " flag AS (UPDATE {T} SET wake = true WHERE key_hash = %(h)s"
+            "  AND NOT EXISTS (SELECT 1 FROM ins) RETURNING 1)"
             " SELECT i.token, extract(epoch FROM i.acquired_at)::float8, extract(epoch FROM i.expires_at)::float8,"
             "  c.holder, extract(epoch FROM c.expires_at - now())::float8,"
             "  a.n, extract(epoch FROM a.until - now())::float8,"
@@ -1260,13 +1264,15 @@ class PostgresLockManager(BaseLockManager):
       swept with their tokens folded into the high-water mark. Tokens never regress across a
       restart or crash unless the server's clock is stepped back by more than the time since
       the lost rows were written (see docs/postgres.md).
-    * Waiters are admitted in arrival order: each waiter takes a ticket in a queue table, and
-      a free key goes only to the oldest live ticket, so no waiter starves. A ticket lives
-      while its call waits: it goes in the statement that grants the call, or when the call
-      gives up; a ticket of a killed process stops counting as soon as the server sees that
-      process's LISTEN session end (else within ``lease``). Waiters sleep until
-      the release's ``NOTIFY`` reaches this process's one LISTEN connection, with a safety
-      net of 5 s (or the time left on the hold).
+    * Waiters are served in arrival order: each waiter takes a ticket in a queue table; a
+      release hands the lock to the oldest live ticket in the same statement (its
+      ``NOTIFY`` carries the grant to the waiting process), and a free or expired key goes
+      only to the oldest live ticket, so no waiter starves. A ticket lives while its call
+      waits: it goes in the statement that grants the call, or when the call gives up; a
+      ticket of a killed process stops counting as soon as the server sees that process's
+      LISTEN session end (else within ``lease``). Waiters sleep until a ``NOTIFY`` reaches
+      this process's one LISTEN connection, with a safety net of 5 s (or the time left on
+      the hold); a release sends one only when someone sleeps on the key.
     * A hold without ``hold_timeout`` is a lease of ``lease`` seconds renewed by one heartbeat
       statement per process: it ends at most ``lease`` seconds after its process dies or
       loses the server. A process paused longer than that loses its holds (logged as an
@@ -1491,7 +1497,10 @@ class PostgresLockManager(BaseLockManager):
             return Busy(decode(bytes(other)), self._retry(left))
         if ahead:
             return Busy(None, self._retry(ahead_left))
-        return Busy(None, self._retry(None))
+        # Refused, yet neither a holder nor a ticket ahead in this statement's snapshot: the
+        # holder's row was committed after the snapshot was taken (so it could not be
+        # marked either). Look again at once: the next statement sees and marks it.
+        return Busy(None, 0.0)
 
     def _op_release(self, key: str, holder: str) -> _Op:
         _, digest, payload = self._k(key)
