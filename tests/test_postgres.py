@@ -504,28 +504,31 @@ def test_tables_of_schema_version_2_are_migrated_in_place(shared_url: str) -> No
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _notifications_until_sentinel(listen: Any, chan: str, talk: Any) -> list[str]:
-    """Payloads on ``chan`` up to a sentinel sent now from another connection: notifications
-    arrive in commit order, so this is everything committed before the call."""
+def _notifications_until_sentinel(listen: Any, chan: str, talk: Any, about: str) -> list[str]:
+    """Payloads on ``chan`` naming key hash ``about``, up to a sentinel sent now from another
+    connection: notifications arrive in commit order, so this is everything committed
+    before the call (other tests' managers share the channel, not the key)."""
     talk.execute("SELECT pg_notify(%s, 'sentinel')", (chan,))
     seen = []
     for note in listen.notifies(timeout=30):
         if note.payload == "sentinel":
             return seen
-        seen.append(note.payload)
+        if note.payload.split(" ")[0] == about:
+            seen.append(note.payload)
     raise AssertionError("the sentinel notification never arrived")
 
 
 def test_a_release_notifies_only_when_someone_sleeps_on_the_key(shared_url: str) -> None:
     m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", lease=120)
     chan = m._store.chan
+    about = m._k("k")[2]
     with psycopg.connect(shared_url, autocommit=True) as listen, psycopg.connect(shared_url, autocommit=True) as talk:
         listen.execute(f'LISTEN "{chan}"')
         try:
             for _ in range(3):  # uncontended: no NOTIFY at all (no wake-up traffic for every process)
                 assert m.acquire_lock("k", "A")
                 m.release_lock("k", "A")
-            assert _notifications_until_sentinel(listen, chan, talk) == []
+            assert _notifications_until_sentinel(listen, chan, talk, about) == []
             assert m.acquire_lock("k", "A")
             done = threading.Event()
             t = threading.Thread(target=lambda: m.wait_for_lock("k", timeout=30) and done.set())
@@ -534,7 +537,7 @@ def test_a_release_notifies_only_when_someone_sleeps_on_the_key(shared_url: str)
             m.release_lock("k", "A")
             assert done.wait(30)
             t.join(30)
-            assert len(_notifications_until_sentinel(listen, chan, talk)) == 1  # the "free" for the watcher
+            assert _notifications_until_sentinel(listen, chan, talk, about) == [about]  # "free", for the watcher
             assert not _wake_mark(shared_url, m.prefix, "k")  # cleared by the release that freed it
         finally:
             m.close()
