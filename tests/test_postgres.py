@@ -586,6 +586,22 @@ def test_sleepers_are_woken_by_the_release_alone(shared_url: str, monkeypatch: p
         m.close()
 
 
+def test_a_refusal_that_saw_no_holder_and_no_queue_is_retried_at_once(pg: PostgresLockManager) -> None:
+    # A waiter's statement can be refused by a hold committed after its snapshot: it then
+    # saw no holder and no ticket ahead, and could not mark the row for the release's
+    # NOTIFY. Sleeping would wait for the safety net; the call must look again at once.
+    waiter = ThreadWaiter()
+    pg._op_acquire("k", "me", None, waiter)  # registers the waiter (as a real attempt does)
+    try:
+        refused = (None, None, None, None, None, 0, None, 123, 0, 0)
+        assert pg._parse_acquire("k", "me", None, waiter, [refused]) == Busy(None, 0.0)
+        held = (None, None, None, b"other", 3.0, 0, None, 123, 0, 1)
+        busy = pg._parse_acquire("k", "me", None, waiter, [held])
+        assert isinstance(busy, Busy) and busy.holder == "other" and busy.retry_after > 0
+    finally:
+        pg._withdraw("k", waiter)
+
+
 def _wait_forever(url: str, key: str) -> None:
     m = txlock.from_url(url)
     m.acquire_lock(key, "doomed-waiter", acquire_timeout=600)
