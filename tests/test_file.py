@@ -232,7 +232,15 @@ def test_a_waiter_survives_a_record_corrupted_under_it(m: FileSystemLockManager)
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(m.acquire_lock("k", "b", acquire_timeout=30)))
     waiter.start()
-    Path(m.path_for("k")).write_bytes(os.urandom(300))
+    # One write over the record, no truncation first: write_bytes() would truncate, the
+    # waiter could take the lock on the empty file, and the junk would then land over the
+    # waiter's fresh record (a test race, seen once in CI). A single write is ordered with
+    # the waiter's own writes by the kernel, so the waiter sees junk, then takes over.
+    fd = os.open(m.path_for("k"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, os.urandom(300), 0)
+    finally:
+        os.close(fd)
     waiter.join(30)
     assert got == [True] and m.is_lock_holder("k", "b")
 
