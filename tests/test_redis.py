@@ -28,7 +28,7 @@ import pytest
 import redis
 
 import txlock
-from conftest import url_for
+from conftest import eventually, url_for
 from plugins.redis_servers import RedisServer
 from txlock import _scheduler
 from txlock.backends import redis as rbackend
@@ -40,12 +40,6 @@ REDIS_MARKS = [pytest.param("redis", marks=pytest.mark.redis),
                pytest.param("redis_cluster", marks=pytest.mark.redis_cluster)]
 
 
-def eventually(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -1588,10 +1588,20 @@ class PostgresLockManager(BaseLockManager):
         return _Op([self._store.sql.granted], {"h": op.params["h"], "wid": op.params["wid"]})
 
     @staticmethod
-    def _handed(reg: _Reg, row: Sequence[Any]) -> Lease | None:
-        """The lease a release handed to a leaving call, from ``(token, expiry)``."""
-        token, expires = row
-        return None if token is None else reg.lease(int(token), float(expires))
+    def _handed(reg: _Reg, rows: list[tuple[Any, ...]]) -> Lease | None:
+        """The lease a release handed to a leaving call, from the ``granted`` statement."""
+        return reg.lease(int(rows[0][0]), float(rows[0][1])) if rows else None
+
+    @staticmethod
+    def _withdrawn(reg: _Reg, rows: list[tuple[Any, ...]]) -> tuple[Lease | None, bool]:
+        """From the withdraw statement: the lease handed to the leaving call, and whether
+        to look again with the ``granted`` statement: the ticket was gone without a visible
+        grant, as when a release took it while this statement waited for its row lock (the
+        grant then committed after this statement began)."""
+        deleted, _, token, expires = rows[0]
+        if token is not None:
+            return reg.lease(int(token), float(expires)), False
+        return None, not deleted
 
     # ------------------------------------------------------------------ primitives (thin I/O)
     # ------------------------------------------------------------------ primitives (thin I/O)
@@ -1657,16 +1667,13 @@ class PostgresLockManager(BaseLockManager):
         if op is None or reg is None:
             return waiter.lease
         try:
-            deleted, _, token, expires = self._store.run(op)[0]
-            handed: Sequence[Any] = (token, expires)
-            if token is None and not deleted:
-                # The ticket was gone but no grant visible: a release may have taken it while
-                # this statement waited for its row lock (committing after this one began).
-                handed = (self._store.run(self._op_granted(op)) or [(None, None)])[0]
+            lease, look_again = self._withdrawn(reg, self._store.run(op))
+            if look_again:
+                lease = self._handed(reg, self._store.run(self._op_granted(op)))
         except BaseException:
             self._store.orphan(reg.wid)
             raise
-        return self._handed(reg, handed)
+        return lease
 
     async def _awithdraw(self, key: str, waiter: Waiter) -> Lease | None:
         reg: _Reg | None = waiter.data
@@ -1674,14 +1681,13 @@ class PostgresLockManager(BaseLockManager):
         if op is None or reg is None:
             return waiter.lease
         try:
-            deleted, _, token, expires = (await self._store.arun(op))[0]
-            handed: Sequence[Any] = (token, expires)
-            if token is None and not deleted:
-                handed = ((await self._store.arun(self._op_granted(op))) or [(None, None)])[0]
+            lease, look_again = self._withdrawn(reg, await self._store.arun(op))
+            if look_again:
+                lease = self._handed(reg, await self._store.arun(self._op_granted(op)))
         except BaseException:
             self._store.orphan(reg.wid)
             raise
-        return self._handed(reg, handed)
+        return lease
 
     # ------------------------------------------------------------------ extras
 
