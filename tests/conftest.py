@@ -45,6 +45,30 @@ POSTGRES_URL = os.environ.get("TXLOCK_TEST_POSTGRES_URL", "postgresql://postgres
 BACKENDS = ["memory", "file", "sqlite", "redis", "postgres", "redis_cluster"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """pytest's own report, made robust to CPython gh-106905 (3.11 before 3.11.8, 3.12 before
+    3.12.1): the AST builder keeps its recursion depth in per-interpreter state, so when
+    another thread parses source at the same moment (Python 3.11's ``traceback`` module
+    parses each line it underlines: a background thread logging an exception is enough),
+    pytest's ``ast.parse`` of the failing test's source can raise ``SystemError: AST
+    constructor recursion depth mismatch``. That used to end the whole session with an
+    INTERNALERROR. The race is transient, so build the report again; if it keeps failing,
+    report the failure with a plain traceback instead of losing it."""
+    for _ in range(5):
+        try:
+            return pytest.TestReport.from_item_and_call(item, call)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc):
+                raise
+    style = item.config.option.tbstyle
+    item.config.option.tbstyle = "line"
+    try:
+        return pytest.TestReport.from_item_and_call(item, call)
+    finally:
+        item.config.option.tbstyle = style
+
+
 def unavailable(reason: str) -> None:
     """Skip the test, or fail it when CI is set."""
     if os.environ.get("CI"):

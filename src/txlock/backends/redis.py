@@ -38,6 +38,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -45,6 +46,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.cluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
@@ -86,6 +88,13 @@ _REDIS_OPTIONS = (
 )
 #: txlock's own options.
 _OWN_OPTIONS = ("prefix", "lease")
+
+#: Commands one manager keeps in flight at once per client (per event loop for async):
+#: the size of its connection pool too, unless the URL's ``max_connections`` says
+#: otherwise. Callers beyond it queue for a connection (redis-py >= 8.2 would refuse them
+#: with ``MaxConnectionsError``); Redis runs commands one at a time, so more connections
+#: from one process add no throughput.
+DEFAULT_MAX_CONNECTIONS = 32
 
 _HEARTBEAT_BATCH = 1000
 _LISTENER_IDLE = 10.0  # seconds a listener with no local waiters stays subscribed
@@ -702,6 +711,36 @@ def _close_async_client(loop: asyncio.AbstractEventLoop, client: Any) -> None:
 _closing: set[asyncio.Task[Any]] = set()
 
 
+class _Gate:
+    """Queues callers for a client's connections: at most ``size`` commands in flight from
+    threads (sync) and ``size`` per event loop (async). A caller beyond that waits for a
+    connection instead of getting redis-py's ``MaxConnectionsError``; a parked waiter holds
+    no connection at all (it waits on its :class:`Waiter`, outside the gate)."""
+
+    __slots__ = ("_loops", "size", "threads")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.threads = threading.BoundedSemaphore(size)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def tasks(self) -> asyncio.Semaphore:
+        """The running loop's semaphore (each loop has its own client, hence its own pool)."""
+        loop = asyncio.get_running_loop()
+        sem = self._loops.get(loop)
+        if sem is None:
+            sem = self._loops.setdefault(loop, asyncio.Semaphore(self.size))
+        return sem
+
+
+def _pool_size(client: Any) -> int | None:
+    """The ``max_connections`` of a caller-supplied client's pool, when it has one."""
+    size = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
 class _Call(NamedTuple):
     keys: list[bytes]
     args: list[Any]
@@ -821,6 +860,12 @@ class RedisLockManager(BaseLockManager):
         # ``_writer.writelines``), so the thread-safe sync RedisCluster serves async callers.
         self._athread = async_client is None if client is not None else self._cluster
         self._sync: Any = client
+        if self._given is not None:
+            # The caller's sync client also carries the wake-up subscription and the
+            # heartbeat (two connections); stay within what its pool allows.
+            sizes = [size for size in (_pool_size(client), _pool_size(async_client)) if size is not None]
+            self._max_connections = max(1, min([DEFAULT_MAX_CONNECTIONS, *(s - 2 for s in sizes)]))
+        self._gate = _Gate(self._max_connections)
         self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._aclosers: dict[asyncio.AbstractEventLoop, Any] = {}
         self._mutex = threading.Lock()
@@ -834,6 +879,15 @@ class RedisLockManager(BaseLockManager):
                 f"{redact(url)!r} is not a Redis URL; use redis://, rediss://, unix:// or redis+cluster://"
             )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self._max_connections = DEFAULT_MAX_CONNECTIONS
+        if "max_connections" in query:
+            raw = query["max_connections"]
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigurationError(
+                    f"max_connections must be a whole number >= 1, got {raw!r} (txlock's default is "
+                    f"{DEFAULT_MAX_CONNECTIONS}: callers beyond it wait for a connection)"
+                )
+            self._max_connections = int(raw)
         for name in [*_OWN_OPTIONS, *COMMON_OPTIONS]:
             if name in query:
                 own[name] = query.pop(name)
@@ -906,27 +960,35 @@ class RedisLockManager(BaseLockManager):
 
     # ------------------------------------------------------------------ clients
 
-    def _redis_kwargs(self) -> dict[str, Any]:
+    def _redis_kwargs(self, *, asynchronous: bool) -> dict[str, Any]:
         # A connect or a reply that never comes (server stopped, half-open connection) must
         # become a clear BackendUnavailable, not a hang: redis-py waits forever by default.
         # Every command txlock sends is a short script, so 30 s without a reply means the
-        # server is gone. The URL's socket_connect_timeout / socket_timeout win.
-        timeouts = {"socket_connect_timeout": 10, "socket_timeout": 30}
+        # server is gone. The URL's socket_connect_timeout / socket_timeout win. The pool
+        # is sized to the gate (_Gate) that queues callers for its connections.
+        kwargs: dict[str, Any] = {"socket_connect_timeout": 10, "socket_timeout": 30,
+                                  "max_connections": self._max_connections}
         if self._cluster:
-            return timeouts
+            return kwargs
         # Fail fast when the server is down (redis-py's default retries for ~2 s), but
         # still retry once so that a pooled connection dropped by a restart reconnects.
-        return {"retry": Retry(ExponentialWithJitterBackoff(cap=0.05, base=0.005), 2), **timeouts}
+        # Each world takes its own Retry class: redis-py >= 8.2 warns about, and replaces,
+        # a sync Retry given to an asyncio client.
+        backoff = ExponentialWithJitterBackoff(cap=0.05, base=0.005)
+        kwargs["retry"] = redis.asyncio.retry.Retry(backoff, 2) if asynchronous else Retry(backoff, 2)
+        return kwargs
 
     def _new_sync(self) -> Any:
         if self._cluster:
-            return redis.cluster.RedisCluster.from_url(self._redis_url, **self._redis_kwargs())
-        return redis.Redis.from_url(self._redis_url, **self._redis_kwargs())
+            return redis.cluster.RedisCluster.from_url(self._redis_url, **self._redis_kwargs(asynchronous=False))
+        return redis.Redis.from_url(self._redis_url, **self._redis_kwargs(asynchronous=False))
 
     def _new_async(self) -> Any:
         if self._cluster:
-            return redis.asyncio.cluster.RedisCluster.from_url(self._redis_url, **self._redis_kwargs())
-        return redis.asyncio.Redis.from_url(self._redis_url, **self._redis_kwargs())
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                self._redis_url, **self._redis_kwargs(asynchronous=True)
+            )
+        return redis.asyncio.Redis.from_url(self._redis_url, **self._redis_kwargs(asynchronous=True))
 
     def _client(self) -> Any:
         client = self._sync
@@ -1009,32 +1071,36 @@ class RedisLockManager(BaseLockManager):
         return _translate(exc, self._display(), self._secret)
 
     def _eval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
-        try:
-            return _eval_sync(self._client(), script, keys, args)
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        with self._gate.threads:
+            try:
+                return _eval_sync(self._client(), script, keys, args)
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
 
     async def _aeval(self, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
         if self._athread:
             return await asyncio.to_thread(self._eval, script, keys, args)
-        try:
-            return await _eval_async(await self._aclient(), script, keys, args)
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        async with self._gate.tasks():
+            try:
+                return await _eval_async(await self._aclient(), script, keys, args)
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
 
     def _do(self, method: str, *args: Any) -> Any:
-        try:
-            return getattr(self._client(), method)(*args)
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        with self._gate.threads:
+            try:
+                return getattr(self._client(), method)(*args)
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
 
     async def _ado(self, method: str, *args: Any) -> Any:
         if self._athread:
             return await asyncio.to_thread(self._do, method, *args)
-        try:
-            return await getattr(await self._aclient(), method)(*args)
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        async with self._gate.tasks():
+            try:
+                return await getattr(await self._aclient(), method)(*args)
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
 
     def _ensure(self, state: _WaitState | None) -> None:
         if state is not None and not state.hub.ready.is_set():
@@ -1185,14 +1251,15 @@ class RedisLockManager(BaseLockManager):
         return self._info(key, self._eval(_INSPECT, self._keys(key), []))
 
     def _list(self, prefix: str | None) -> list[LockInfo]:
-        try:
-            client = self._client()
-            names = sorted(set(client.scan_iter(match=self._pattern, count=1000)))
-            pipe = client.pipeline(transaction=False)
-            self._queue_list(pipe, names)
-            replies = pipe.execute() if names else []
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        with self._gate.threads:
+            try:
+                client = self._client()
+                names = sorted(set(client.scan_iter(match=self._pattern, count=1000)))
+                pipe = client.pipeline(transaction=False)
+                self._queue_list(pipe, names)
+                replies = pipe.execute() if names else []
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
         return self._listed(names, replies, prefix)
 
     def _force_release(self, key: str) -> bool:
@@ -1239,14 +1306,15 @@ class RedisLockManager(BaseLockManager):
     async def _alist(self, prefix: str | None) -> list[LockInfo]:
         if self._athread:
             return await asyncio.to_thread(self._list, prefix)
-        try:
-            client = await self._aclient()
-            names = sorted({name async for name in client.scan_iter(match=self._pattern, count=1000)})
-            pipe = client.pipeline(transaction=False)
-            self._queue_list(pipe, names)
-            replies = await pipe.execute() if names else []
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
+        async with self._gate.tasks():
+            try:
+                client = await self._aclient()
+                names = sorted({name async for name in client.scan_iter(match=self._pattern, count=1000)})
+                pipe = client.pipeline(transaction=False)
+                self._queue_list(pipe, names)
+                replies = await pipe.execute() if names else []
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc) from exc
         return self._listed(names, replies, prefix)
 
     async def _aforce_release(self, key: str) -> bool:

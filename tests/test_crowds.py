@@ -1,0 +1,224 @@
+"""Crowds on one key: more callers than a connection pool has connections.
+
+A lock manager queues such callers; it never fails them as "server unavailable". redis-py
+8.2 caps its pools at 100 connections by default, so 500 tasks that all try at once (or 64
+threads, with the pool of the sync client) are more than a pool holds: every backend must
+let them all through, one at a time, with no error and no overlap. The tests run on every
+backend (the embedded ones face the same crowd).
+
+Also here: creating a backend's clients emits no warning (redis-py 8.2 warns about a sync
+``Retry`` given to an asyncio client and silently replaces its backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from typing import Any
+
+import pytest
+
+import txlock
+from conftest import LoopThread
+
+
+class _Section:
+    """A critical section that counts overlaps; ``value`` gains one per clean pass."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.inside = 0
+        self.overlaps = 0
+        self.value = 0
+
+    def enter(self) -> int:
+        with self.guard:
+            self.inside += 1
+            if self.inside != 1:
+                self.overlaps += 1
+            return self.value
+
+    def leave(self, seen: int) -> None:
+        with self.guard:
+            self.value = seen + 1
+            self.inside -= 1
+
+
+def test_500_tasks_on_one_key(manager: txlock.BaseLockManager, loop_thread: LoopThread) -> None:
+    tasks = 500
+    section = _Section()
+    errors: list[BaseException] = []
+
+    async def work(index: int, start: asyncio.Event) -> None:
+        await start.wait()  # every task tries at once: the burst a pool must absorb
+        try:
+            assert await manager.aacquire_lock("crowd", f"task{index}", acquire_timeout=120)
+            try:
+                seen = section.enter()
+                await asyncio.sleep(0)  # the others run here
+                section.leave(seen)
+            finally:
+                if index % 2:
+                    manager.release_lock("crowd", f"task{index}")  # Prefect's sync release
+                else:
+                    await manager.arelease_lock("crowd", f"task{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    async def crowd() -> None:
+        start = asyncio.Event()
+        running = [asyncio.create_task(work(i, start)) for i in range(tasks)]
+        await asyncio.sleep(0)  # let every task reach start.wait()
+        start.set()
+        await asyncio.gather(*running)
+
+    loop_thread.run(crowd(), timeout=240)
+    assert not errors, f"{len(errors)} of {tasks} tasks failed; first: {errors[0]!r}"
+    assert section.overlaps == 0
+    assert section.value == tasks
+    assert not manager.is_locked("crowd")
+
+
+def test_64_threads_on_one_key(manager: txlock.BaseLockManager) -> None:
+    threads, rounds = 64, 3
+    section = _Section()
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(index: int) -> None:
+        try:
+            start.wait(60)
+            for _ in range(rounds):
+                assert manager.acquire_lock("crowd", f"t{index}", acquire_timeout=120)
+                try:
+                    seen = section.enter()
+                    threading.Event().wait(0)  # let another thread run here if it can
+                    section.leave(seen)
+                finally:
+                    manager.release_lock("crowd", f"t{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(240)
+    assert not any(t.is_alive() for t in workers), "a thread is still waiting after 240 s"
+    assert not errors, f"{len(errors)} of {threads} threads failed; first: {errors[0]!r}"
+    assert section.overlaps == 0
+    assert section.value == threads * rounds
+    assert not manager.is_locked("crowd")
+
+
+def test_200_threads_on_one_key_through_the_sync_pool(manager: txlock.BaseLockManager) -> None:
+    """More threads than redis-py's default pool (100): each one tries once, at once."""
+    threads = 200
+    section = _Section()
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(index: int) -> None:
+        try:
+            start.wait(60)
+            assert manager.acquire_lock("crowd", f"t{index}", acquire_timeout=120)
+            try:
+                seen = section.enter()
+                section.leave(seen)
+            finally:
+                manager.release_lock("crowd", f"t{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(240)
+    assert not errors, f"{len(errors)} of {threads} threads failed; first: {errors[0]!r}"
+    assert section.overlaps == 0
+    assert section.value == threads
+
+
+def _use_both_worlds(manager: txlock.BaseLockManager) -> None:
+    assert manager.acquire_lock("w", "sync")
+    manager.release_lock("w", "sync")
+
+    async def both() -> None:
+        assert await manager.aacquire_lock("w", "async")
+        await manager.arelease_lock("w", "async")
+
+    asyncio.run(both())  # a fresh event loop: a fresh async client
+    asyncio.run(both())
+
+
+def test_creating_clients_emits_no_warning(manager: txlock.BaseLockManager) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _use_both_worlds(manager)
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.redis
+def test_redis_clients_from_a_url_get_retry_of_their_own_world(request: pytest.FixtureRequest) -> None:
+    pytest.importorskip("redis")
+    import redis.asyncio.retry
+    import redis.retry
+
+    from conftest import url_for
+    from txlock.backends.redis import RedisLockManager
+
+    manager = txlock.from_url(url_for("redis", request, request.getfixturevalue("tmp_path")))
+    assert isinstance(manager, RedisLockManager)
+    try:
+        sync: Any = manager._new_sync()
+        kwargs = sync.connection_pool.connection_kwargs
+        assert isinstance(kwargs["retry"], redis.retry.Retry)
+        sync.close()
+
+        async def check() -> None:
+            client: Any = manager._new_async()
+            retry = client.connection_pool.connection_kwargs["retry"]
+            assert isinstance(retry, redis.asyncio.retry.Retry)
+            await client.aclose()
+
+        asyncio.run(check())
+    finally:
+        manager.close()
+
+
+@pytest.mark.redis
+def test_redis_max_connections_option_bounds_the_pool_and_is_checked(request: pytest.FixtureRequest) -> None:
+    pytest.importorskip("redis")
+    from conftest import url_for
+    from txlock.backends.redis import RedisLockManager
+
+    url = url_for("redis", request, request.getfixturevalue("tmp_path"))
+    with pytest.raises(txlock.ConfigurationError, match="max_connections must be a whole number >= 1"):
+        txlock.from_url(url + "&max_connections=0")
+    manager = txlock.from_url(url + "&max_connections=2")
+    assert isinstance(manager, RedisLockManager)
+    try:
+        section = _Section()
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                assert manager.acquire_lock("small", f"t{index}", acquire_timeout=60)
+                seen = section.enter()
+                section.leave(seen)
+                manager.release_lock("small", f"t{index}")
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(120)
+        assert not errors, errors
+        assert section.value == 16 and section.overlaps == 0
+        assert manager._client().connection_pool.max_connections == 2
+    finally:
+        manager.close()
