@@ -13,7 +13,7 @@ txlock_env() {
     local python=${PYTHON:-python3}
     local stamp="$venv/.txlock-install-stamp"
     local want
-    want=$(cat pyproject.toml ${constraints:+"$constraints"} "$@" </dev/null | cksum)
+    want=$({ cat pyproject.toml ${constraints:+"$constraints"}; echo "$extras $*"; } | cksum)
     if [[ ! -x "$venv/bin/python" ]]; then
         "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
             || { echo "txlock needs Python 3.11 or newer; $python is $("$python" -V 2>&1)" >&2; exit 1; }

@@ -775,8 +775,8 @@ def test_kill_holders_at_random(tmp_path: Path, ttl: float | None) -> None:
         deadline = time.monotonic() + 180
         while True:
             text = log.read_text()
-            if text.count("\nE ") >= target:
-                break
+            if text.count("\nE ") >= target and kills >= 10:
+                break  # both targets: a loaded machine can reach the first before the second
             assert time.monotonic() < deadline, f"only {text.count(chr(10) + 'E ')} acquisitions"
             # Kill ~every 200 ms, while at least three workers are up and contending (so two
             # waiters are there to take over).

@@ -1002,8 +1002,8 @@ def test_kill_test_random_sigkill_never_breaks_exclusion(postgres_server: Privat
     try:
         while True:
             threading.Event().wait(rng.uniform(0.1, 0.3))  # pacing of the kills, not ordering
-            if log.read_text().count("enter ") >= 20_000:
-                break
+            if log.read_text().count("enter ") >= 20_000 and kills >= 20:
+                break  # both targets: a loaded machine can reach the first before the second
             assert time.monotonic() < deadline, "too few acquisitions before the deadline"
             i = rng.randrange(len(procs))
             victim = procs[i]
