@@ -295,23 +295,51 @@ def test_holders_are_opaque_strings(api: Api) -> None:
         assert not api.is_locked("k")
 
 
+def calls_with(api: Api, key: Any, holder: Any) -> list[Callable[[], object]]:
+    """Every call that takes a key or a holder, each with one of them replaced."""
+    return [
+        lambda: api.acquire_lock(key, "h", acquire_timeout=0),
+        lambda: api.acquire_lock("k", holder, acquire_timeout=0),
+        lambda: api.acquire_lease(key, "h", 0),
+        lambda: api.release_lock(key, "h"),
+        lambda: api.release_lock("k", holder),
+        lambda: api.is_locked(key),
+        lambda: api.is_lock_holder(key, "h"),
+        lambda: api.is_lock_holder("k", holder),
+        lambda: api.wait_for_lock(key, timeout=0),
+        lambda: api.inspect(key),
+    ]
+
+
+def test_keys_and_holders_at_the_limit_work_and_one_more_character_is_refused(api: Api) -> None:
+    key_limit, holder_limit = api.m.max_key_length, api.m.max_holder_length
+    assert key_limit >= 1024 and holder_limit >= 1024
+    # Four-byte characters: the limit counts characters, and the medium must hold them all.
+    longest, holder = "🔒" * (key_limit - 1) + "k", "h" * holder_limit
+    assert api.acquire_lock(longest, holder, acquire_timeout=0)
+    assert api.is_locked(longest) and api.is_lock_holder(longest, holder)
+    assert not api.acquire_lock(longest, "other", acquire_timeout=0)  # a lock, not two
+    info = api.inspect(longest)
+    assert info is not None and info.key == longest and info.holder == holder
+    assert [i.key for i in api.list_locks()] == [longest]
+    api.release_lock(longest, holder)
+    assert not api.is_locked(longest)
+
+    too_long, long_holder = "k" * (key_limit + 1), "h" * (holder_limit + 1)
+    for call in calls_with(api, too_long, long_holder):
+        with pytest.raises(ValueError, match=r"at most \d+ characters"):
+            call()
+    with pytest.raises(ValueError, match="max_key_length"):
+        api.m.lock(too_long)
+    assert api.list_locks() == []  # nothing was written
+
+
 BAD_TYPES: list[Any] = [None, 1, b"k", ["k"], 1.5]
 
 
 @pytest.mark.parametrize("bad", BAD_TYPES, ids=repr)
 def test_non_str_keys_and_holders_raise_type_error(api: Api, bad: Any) -> None:
-    calls: list[Callable[[], object]] = [
-        lambda: api.acquire_lock(bad, "h", acquire_timeout=0),
-        lambda: api.acquire_lock("k", bad, acquire_timeout=0),
-        lambda: api.release_lock(bad, "h"),
-        lambda: api.release_lock("k", bad),
-        lambda: api.is_locked(bad),
-        lambda: api.is_lock_holder(bad, "h"),
-        lambda: api.is_lock_holder("k", bad),
-        lambda: api.wait_for_lock(bad, timeout=0),
-        lambda: api.inspect(bad),
-    ]
-    for call in calls:
+    for call in calls_with(api, bad, bad):
         with pytest.raises(TypeError):
             call()
     assert api.list_locks() == []
@@ -588,6 +616,94 @@ def test_an_error_in_the_body_wins_over_a_lost_lock(manager: txlock.BaseLockMana
         manager.force_release("k")
         raise KeyError("body")
     assert not manager.is_locked("k")
+
+
+def test_nested_blocks_of_one_holder_keep_the_outer_block_protected(manager: txlock.BaseLockManager) -> None:
+    with manager.lock("r", "me", ttl=30) as outer:
+        assert not outer.nested
+        with manager.lock("r", "me", timeout=0) as inner:  # no wait: it is already held
+            assert inner.nested and inner.token == outer.token
+            with manager.lock("r", "me", timeout=0) as innermost:
+                assert innermost.token == outer.token
+            assert manager.is_lock_holder("r", "me")
+        # The inner exits released nothing: the outer body is still protected.
+        assert manager.is_lock_holder("r", "me") and not outer.lost
+        assert not manager.acquire_lock("r", "other", acquire_timeout=0)
+        with pytest.raises(KeyError), manager.lock("r", "me"):
+            raise KeyError("an error in a nested body")
+        assert manager.is_lock_holder("r", "me")
+        outer.check()
+        assert "held, token" in repr(outer)
+    assert not manager.is_locked("r")
+    assert manager.acquire_lock("r", "other", acquire_timeout=0)
+    manager.release_lock("r", "other")
+    # Another holder, nested, is another lock: it waits (here: times out) as always.
+    with manager.lock("r", "me"), pytest.raises(txlock.LockTimeout), manager.lock("r", "you", timeout=0):
+        pytest.fail("the body must not run")
+
+
+def test_a_lost_hold_is_lost_for_every_nested_block(manager: txlock.BaseLockManager) -> None:
+    seen: list[str] = []
+    outer_block = manager.lock("r", "me", ttl=0.6, on_lost=lambda _: seen.append("outer"))
+    with pytest.raises(txlock.LockLost), outer_block as outer:
+        with pytest.raises(txlock.LockLost), manager.lock("r", "me", on_lost=lambda _: seen.append("inner")) as inner:
+            assert manager.force_release("r")
+            assert manager.acquire_lock("r", "thief")
+            eventually(lambda: inner.lost and outer.lost, what="the renewer to notice")
+        # A new block of the same holder does not join the lost hold: it must wait.
+        with pytest.raises(txlock.LockTimeout), manager.lock("r", "me", timeout=0):
+            pytest.fail("the body must not run")
+    assert sorted(seen) == ["inner", "outer"]
+    assert manager.is_lock_holder("r", "thief")
+
+
+def test_blocks_of_one_holder_in_two_threads_release_when_the_last_exits(manager: txlock.BaseLockManager) -> None:
+    entered, first_left, done = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        entered.wait(10)
+        with manager.lock("r", "me", timeout=10) as block:
+            seen.append(block.nested)
+            done.set()
+            first_left.wait(10)
+            seen.append(manager.is_lock_holder("r", "me"))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with manager.lock("r", "me"):
+        entered.set()
+        assert done.wait(10)
+    first_left.set()
+    thread.join(10)
+    assert seen == [True, True]  # joined the hold; still held after the first block left
+    assert not manager.is_locked("r")
+
+
+def test_nested_alock_blocks_and_tasks_of_one_holder(manager: txlock.BaseLockManager, loop_thread: LoopThread) -> None:
+    async def scenario() -> None:
+        async with manager.alock("r", "me", ttl=30) as outer:
+            async with manager.alock("r", "me", timeout=0) as inner:
+                assert inner.nested and inner.token == outer.token
+            assert await manager.ais_lock_holder("r", "me")
+            assert not await manager.aacquire_lock("r", "other", acquire_timeout=0)
+            # A task of the same holder joins too; the outer exit then leaves it protected.
+            joined, release = asyncio.Event(), asyncio.Event()
+
+            async def task() -> bool:
+                async with manager.alock("r", "me", timeout=0) as block:
+                    joined.set()
+                    await release.wait()
+                    return block.nested and await manager.ais_lock_holder("r", "me")
+
+            running = asyncio.ensure_future(task())
+            await joined.wait()
+        assert await manager.ais_lock_holder("r", "me")
+        release.set()
+        assert await running
+        assert not await manager.ais_locked("r")
+
+    loop_thread.run(scenario())
 
 
 # ---------------------------------------------------------------- identity, copies, protocol

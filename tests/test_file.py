@@ -118,6 +118,24 @@ HOSTILE = [
 ]
 
 
+def test_a_key_past_the_record_cap_is_refused_before_any_io(m: FileSystemLockManager) -> None:
+    # A 16 MiB key once filled the record past its cap: h1 was granted, then h2 as well.
+    before = sorted(os.listdir(m.directory)) if os.path.isdir(m.directory) else []
+    for key in ["k" * (1 << 24), "k" * (m.max_key_length + 1)]:
+        with pytest.raises(ValueError, match="at most 65536 characters"):
+            m.acquire_lock(key, "h1", acquire_timeout=0)
+    with pytest.raises(ValueError, match="max_holder_length"):
+        m.acquire_lock("k", "h" * (1 << 24), acquire_timeout=0)
+    after = sorted(os.listdir(m.directory)) if os.path.isdir(m.directory) else []
+    assert after == before
+    # The largest key and holder the API accepts, in the widest characters, hold as a lock.
+    key, holder = "🔒" * m.max_key_length, "🔑" * m.max_holder_length
+    assert m.acquire_lock(key, holder, acquire_timeout=0)
+    assert not m.acquire_lock(key, "h2", acquire_timeout=0)
+    assert m.is_lock_holder(key, holder)
+    m.release_lock(key, holder)
+
+
 def test_hostile_keys_get_distinct_safe_names_inside_the_directory(m: FileSystemLockManager) -> None:
     assert len(set(HOSTILE)) == len(HOSTILE) >= 40
     paths = set()

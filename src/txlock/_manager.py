@@ -15,6 +15,7 @@ no locking logic, only the mechanics of their world.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -108,6 +109,11 @@ class BaseLockManager:
     schemes: ClassVar[tuple[str, ...]] = ()
     #: What the backend can do.
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: Longest key accepted, in characters. A longer key raises ``ValueError`` before any
+    #: I/O. The same on every backend except PostgreSQL (4096), so code moves between them.
+    max_key_length: ClassVar[int] = 65536
+    #: Longest holder accepted, in characters (``ValueError`` before any I/O).
+    max_holder_length: ClassVar[int] = 65536
     #: ``True`` when async primitives perform real network I/O (then they are shielded
     #: from cancellation so the outcome of an in-flight grant is always known).
     _async_io: ClassVar[bool] = False
@@ -125,6 +131,15 @@ class BaseLockManager:
         if not isinstance(raise_on_timeout, bool):
             raise TypeError(f"raise_on_timeout must be a bool, not {type(raise_on_timeout).__name__}")
         self._raise_on_timeout = raise_on_timeout
+
+    def _valid_key(self, key: object) -> str:
+        return check_key(key, self.max_key_length, type(self).__name__)
+
+    def _valid_holder(self, holder: object) -> str:
+        return check_holder(holder, self.max_holder_length, type(self).__name__)
+
+    def _too_long(self, key: str, holder: str) -> bool:
+        return len(key) > self.max_key_length or len(holder) > self.max_holder_length
 
     # ------------------------------------------------------------------ identity
 
@@ -434,48 +449,49 @@ class BaseLockManager:
         A key that is not held (free or expired) is a no-op. A key held by another holder
         raises :class:`~txlock.NotLockHolder` (a ``ValueError``) with Prefect's message.
         """
-        if type(key) is not str or type(holder) is not str:
-            check_key(key)
-            check_holder(holder)
+        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+            self._valid_key(key)
+            self._valid_holder(holder)
         other = self._release(key, holder)
         if other is not None:
             raise NotLockHolder(key, holder, other)
 
     async def arelease_lock(self, key: str, holder: str) -> None:
         """Async form of :meth:`release_lock`."""
-        check_key(key)
-        check_holder(holder)
+        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+            self._valid_key(key)
+            self._valid_holder(holder)
         other = await self._arelease(key, holder)
         if other is not None:
             raise NotLockHolder(key, holder, other)
 
     def is_locked(self, key: str) -> bool:
         """Whether ``key`` is held right now (by anyone), read from the shared store."""
-        return self._holder(check_key(key)) is not None
+        return self._holder(self._valid_key(key)) is not None
 
     async def ais_locked(self, key: str) -> bool:
         """Async form of :meth:`is_locked`."""
-        return await self._aholder(check_key(key)) is not None
+        return await self._aholder(self._valid_key(key)) is not None
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         """Whether ``holder`` holds ``key`` right now, read from the shared store."""
-        check_holder(holder)
-        return self._holder(check_key(key)) == holder
+        self._valid_holder(holder)
+        return self._holder(self._valid_key(key)) == holder
 
     async def ais_lock_holder(self, key: str, holder: str) -> bool:
         """Async form of :meth:`is_lock_holder`."""
-        check_holder(holder)
-        return await self._aholder(check_key(key)) == holder
+        self._valid_holder(holder)
+        return await self._aholder(self._valid_key(key)) == holder
 
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Wait until ``key`` is free without taking it: ``True`` when free, ``False`` on
         timeout. ``timeout=0`` checks once; ``None`` waits forever."""
-        check_key(key)
+        self._valid_key(key)
         return self._run(self._wait_flow(key, check_timeout(timeout, "timeout")))
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Async form of :meth:`wait_for_lock`."""
-        check_key(key)
+        self._valid_key(key)
         return await self._arun(self._wait_flow(key, check_timeout(timeout, "timeout")))
 
     # ------------------------------------------------------------------ the rich API
@@ -485,9 +501,9 @@ class BaseLockManager:
     ) -> Lease | None:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
-        if type(key) is not str or type(holder) is not str:  # the common case costs one test
-            check_key(key)
-            check_holder(holder)
+        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+            self._valid_key(key)  # the common case costs the three tests above
+            self._valid_holder(holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
@@ -503,9 +519,9 @@ class BaseLockManager:
         self, key: str, holder: str, timeout: float | None = None, ttl: float | None = None
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
-        if type(key) is not str or type(holder) is not str:
-            check_key(key)
-            check_holder(holder)
+        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+            self._valid_key(key)
+            self._valid_holder(holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
@@ -541,11 +557,11 @@ class BaseLockManager:
 
     def inspect(self, key: str) -> LockInfo | None:
         """Describe the current hold on ``key``, or ``None`` when it is free."""
-        return self._inspect(check_key(key))
+        return self._inspect(self._valid_key(key))
 
     async def ainspect(self, key: str) -> LockInfo | None:
         """Async form of :meth:`inspect`."""
-        return await self._ainspect(check_key(key))
+        return await self._ainspect(self._valid_key(key))
 
     def list_locks(self, prefix: str | None = None) -> list[LockInfo]:
         """Every lock held now (whose key starts with ``prefix``), sorted by key."""
@@ -564,11 +580,11 @@ class BaseLockManager:
 
         The holder learns of it at its next renewal, release or ``is_lock_holder`` check.
         """
-        return self._force_release(check_key(key))
+        return self._force_release(self._valid_key(key))
 
     async def aforce_release(self, key: str) -> bool:
         """Async form of :meth:`force_release`."""
-        return await self._aforce_release(check_key(key))
+        return await self._aforce_release(self._valid_key(key))
 
     def lock(
         self,
@@ -626,6 +642,40 @@ def _rebuild(cls: type[BaseLockManager], kwargs: dict[str, Any]) -> BaseLockMana
     return cls(**kwargs)
 
 
+class _Hold:
+    """One hold shared by the nested (or concurrent) blocks of one holder on one key.
+
+    ``count`` is the number of blocks inside it or entering it; the store is released when
+    it drops to zero. Each block that takes part is in ``blocks``; a lost hold marks them
+    all.
+    """
+
+    __slots__ = ("blocks", "count", "guard", "job", "lease", "lost")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lease: Lease | None = None
+        self.lost = False
+        self.job: _scheduler.Job | None = None
+        self.blocks: list[LockContext] = []
+        self.guard = threading.Lock()
+
+
+#: The holds of the ``lock()`` / ``alock()`` blocks running in this process, by manager
+#: object, key and holder. An entry lives only while one of its blocks does (the blocks
+#: reference the manager, so its ``id`` cannot be reused meanwhile).
+_holds: dict[tuple[int, str, str], _Hold] = {}
+_holds_mutex = threading.Lock()
+
+
+def _reset_holds_mutex() -> None:
+    global _holds_mutex
+    _holds_mutex = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_holds_mutex)
+
+
 class LockContext:
     """What :meth:`BaseLockManager.lock` and :meth:`~BaseLockManager.alock` return.
 
@@ -633,7 +683,14 @@ class LockContext:
 
     * ``lease`` is the current :class:`~txlock.Lease` (its ``token`` is the fencing token);
     * ``lost`` turns ``True`` if the hold ends before the block does;
-    * ``check()`` raises :class:`~txlock.LockLost` if it has.
+    * ``check()`` raises :class:`~txlock.LockLost` if it has;
+    * ``nested`` is ``True`` when the block joined a hold another block already had.
+
+    Blocks are reentrant per holder: a block for a key and holder that this manager already
+    holds through another running block (nested in it, or in another thread or task) joins
+    that hold instead of acquiring again. Such a block takes no time, shares the outer
+    lease and token, and its ``timeout`` and ``ttl`` are not used; the store is released
+    when the last of the blocks exits.
     """
 
     def __init__(
@@ -646,22 +703,33 @@ class LockContext:
         on_lost: Callable[[Lease], object] | None,
     ) -> None:
         self.manager = manager
-        self.key = check_key(key)
-        self.holder = default_holder() if holder is None else check_holder(holder)
+        self.key = manager._valid_key(key)
+        self.holder = default_holder() if holder is None else manager._valid_holder(holder)
         self.timeout = check_timeout(timeout, "timeout")
         self.ttl = check_hold_timeout(ttl, "ttl")
         self.on_lost = on_lost
         self.lost = False
-        self._lease: Lease | None = None
-        self._job: _scheduler.Job | None = None
-        self._guard = threading.Lock()
+        self.nested = False
+        self._hold: _Hold | None = None
+
+    def __repr__(self) -> str:
+        if self._hold is None:
+            state = "not entered"
+        elif self.lost:
+            state = "lost"
+        elif self._hold.lease is None:
+            state = "acquiring"
+        else:
+            state = f"held, token {self._hold.lease.token}" + (", nested" if self.nested else "")
+        return f"<LockContext key={self.key!r} holder={self.holder!r} {state} on {self.manager!r}>"
 
     @property
     def lease(self) -> Lease:
         """The lease held by the block (raises ``RuntimeError`` outside the block)."""
-        if self._lease is None:
+        hold = self._hold
+        if hold is None or hold.lease is None:
             raise RuntimeError(f"lock {self.key!r} is not held by this context")
-        return self._lease
+        return hold.lease
 
     @property
     def token(self) -> int:
@@ -675,53 +743,117 @@ class LockContext:
 
     # The shared halves of enter and exit; the four dunders below only do the I/O.
 
-    def _entered(self, lease: Lease | None) -> LockContext:
-        if lease is None:
-            raise LockTimeout(self.key, self.timeout if self.timeout is not None else self.manager._default_timeout)
-        self._lease = lease
-        self.lost = False
-        if self.ttl is not None:
-            self._job = _scheduler.schedule(self._renew, self.ttl / 3, name=f"renew {self.key!r}")
+    def _join(self) -> bool:
+        """Take part in this holder's hold on the key; ``True`` if it is already held."""
+        if self._hold is not None:
+            raise RuntimeError(
+                f"this lock({self.key!r}) context is already in use; call lock() again for a nested block"
+            )
+        ident = (id(self.manager), self.key, self.holder)
+        with _holds_mutex:
+            hold = _holds.get(ident)
+            if hold is None or hold.lost:
+                hold = _holds[ident] = _Hold()
+            hold.count += 1
+            hold.blocks.append(self)
+            self._hold = hold
+            self.lost = False
+            self.nested = hold.lease is not None
+            return self.nested
+
+    def _entered(self, lease: Lease) -> LockContext:
+        hold = self._hold
+        assert hold is not None
+        with hold.guard:
+            hold.lease = lease
+            if self.ttl is not None and hold.job is None:
+                renew = functools.partial(self._renew, self.manager, hold, self.ttl)
+                hold.job = _scheduler.schedule(renew, self.ttl / 3, name=f"renew {self.key!r}")
         return self
 
-    def _renew(self) -> bool:
-        with self._guard:
-            lease = self._lease
-            if lease is None or self.lost:
+    def _timeout_error(self) -> LockTimeout:
+        return LockTimeout(self.key, self.timeout if self.timeout is not None else self.manager._default_timeout)
+
+    def _drop(self, hold: _Hold) -> bool:
+        """Leave the hold; ``True`` if this was its last block (then the store is released)."""
+        with _holds_mutex:
+            hold.count -= 1
+            hold.blocks.remove(self)
+            if hold.count:
                 return False
-            new = self.manager._extend(lease.key, lease.holder, lease.token, self.ttl)
+            ident = (id(self.manager), self.key, self.holder)
+            if _holds.get(ident) is hold:
+                del _holds[ident]
+            return hold.lease is not None
+
+    @staticmethod
+    def _renew(manager: BaseLockManager, hold: _Hold, ttl: float) -> bool:
+        with hold.guard:
+            lease = hold.lease
+            if lease is None or hold.lost or not hold.count:
+                return False
+            new = manager._extend(lease.key, lease.holder, lease.token, ttl)
             if new is not None:
-                self._lease = new
+                hold.lease = new
                 return True
-            self.lost = True
-        if self.on_lost is not None:
-            self.on_lost(lease)
+            hold.lost = True
+            with _holds_mutex:
+                blocks = list(hold.blocks)
+        for block in blocks:
+            block.lost = True
+        for block in blocks:
+            if block.on_lost is not None:
+                block.on_lost(lease)
         return False
 
     def _leaving(self) -> bool:
-        """Stop renewing; ``True`` if the hold must be released."""
-        if self._job is not None:
-            self._job.cancel()
-            self._job = None
-        with self._guard:
-            return not self.lost
+        """Leave the hold; ``True`` if the store must be released (the last block, not lost)."""
+        hold = self._hold
+        assert hold is not None
+        if not self._drop(hold):
+            return False
+        if hold.job is not None:
+            hold.job.cancel()
+            hold.job = None
+        with hold.guard:
+            return not hold.lost
 
     def _left(self, other: str | None, failed: bool) -> None:
-        self._lease = None
-        if other is not None or self.lost:
+        hold, self._hold = self._hold, None
+        if other is not None or (hold is not None and hold.lost):
             self.lost = True
-            if not failed:
-                self.check()
+        if self.lost and not failed:
+            self.check()
 
     def __enter__(self) -> LockContext:
-        return self._entered(self.manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl))
+        if self._join():
+            return self
+        try:
+            lease = self.manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            if lease is None:
+                raise self._timeout_error()
+        except BaseException:
+            # Another block of this holder may have been granted meanwhile and left.
+            self._left(self.manager._release(self.key, self.holder) if self._leaving() else None, True)
+            raise
+        return self._entered(lease)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         other = self.manager._release(self.key, self.holder) if self._leaving() else None
         self._left(other, exc_type is not None)
 
     async def __aenter__(self) -> LockContext:
-        return self._entered(await self.manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl))
+        if self._join():
+            return self
+        try:
+            lease = await self.manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            if lease is None:
+                raise self._timeout_error()
+        except BaseException:
+            other = await self.manager._arelease(self.key, self.holder) if self._leaving() else None
+            self._left(other, True)
+            raise
+        return self._entered(lease)
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         other = await self.manager._arelease(self.key, self.holder) if self._leaving() else None

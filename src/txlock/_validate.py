@@ -8,17 +8,35 @@ from numbers import Real
 __all__ = ["check_holder", "check_hold_timeout", "check_key", "check_timeout", "encode"]
 
 
-def check_key(key: object) -> str:
-    """Return ``key`` if it is a ``str``, else raise ``TypeError`` naming the argument."""
+def check_key(key: object, limit: int | None = None, backend: str = "this backend") -> str:
+    """Return ``key`` if it is a ``str`` of at most ``limit`` characters.
+
+    Raises ``TypeError`` for another type and ``ValueError`` for a key that is too long,
+    naming the limit and what to do instead.
+    """
     if type(key) is not str and not isinstance(key, str):
         raise TypeError(f"key must be a str, not {type(key).__name__}: {key!r}")
+    if limit is not None and len(key) > limit:
+        raise ValueError(
+            f"key is {len(key)} characters long; {backend} accepts keys of at most {limit} "
+            f"characters (max_key_length). Use a digest of a longer key instead, e.g. "
+            f"hashlib.sha256(key.encode()).hexdigest()"
+        )
     return key
 
 
-def check_holder(holder: object) -> str:
-    """Return ``holder`` if it is a ``str``, else raise ``TypeError``."""
+def check_holder(holder: object, limit: int | None = None, backend: str = "this backend") -> str:
+    """Return ``holder`` if it is a ``str`` of at most ``limit`` characters.
+
+    Raises ``TypeError`` for another type and ``ValueError`` for a holder that is too long.
+    """
     if type(holder) is not str and not isinstance(holder, str):
         raise TypeError(f"holder must be a str, not {type(holder).__name__}: {holder!r}")
+    if limit is not None and len(holder) > limit:
+        raise ValueError(
+            f"holder is {len(holder)} characters long; {backend} accepts holders of at most "
+            f"{limit} characters (max_holder_length)"
+        )
     return holder
 
 

@@ -1296,6 +1296,7 @@ class PostgresLockManager(BaseLockManager):
         counts_waiters=True,
         notes=("holds without hold_timeout end at most `lease` (10 s) after their process dies",),
     )
+    max_key_length = MAX_KEY_CHARS
     _async_io = True
 
     def __init__(
