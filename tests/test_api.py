@@ -108,3 +108,43 @@ def test_schemes_cover_every_backend() -> None:
 def test_local_store_urls_need_an_absolute_path(url: str, message: str) -> None:
     with pytest.raises(txlock.ConfigurationError, match=message):
         txlock.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "meant"),
+    [
+        ("redis:/127.0.0.1:1", "redis://127.0.0.1:1"),
+        ("redis:prod-redis:6379/0", "redis://prod-redis:6379/0"),
+        ("redis:///prod-redis:6379", "redis://prod-redis:6379"),
+        ("rediss:/cache.example:6380", "rediss://cache.example:6380"),
+        ("redis+cluster:/node:7000", "redis+cluster://node:7000"),
+        ("redis:/:secret@prod:6379", "redis://:***@prod:6379"),
+        ("unix:/tmp/redis.sock", "unix:///tmp/redis.sock"),
+        ("postgresql:/db.example:5432/app", "postgresql://db.example:5432/app"),
+        ("postgres:///db.example:5432/app", "postgres://db.example:5432/app"),
+        ("postgresql:", "postgresql://"),
+        ("sqlite:/tmp/locks.db", "sqlite:///tmp/locks.db"),
+        ("file:/tmp/locks", "file:///tmp/locks"),
+        ("memory:name", "memory://name"),
+    ],
+)
+def test_urls_whose_slashes_change_their_meaning_are_refused_with_the_meant_url(url: str, meant: str) -> None:
+    # A missing slash would otherwise connect to this machine: every host its own lock.
+    with pytest.raises(txlock.ConfigurationError) as caught:
+        txlock.from_url(url)
+    assert f"did you mean {meant!r}" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_host_less_urls_that_mean_this_machine_still_work() -> None:
+    pytest.importorskip("redis")
+    pytest.importorskip("psycopg")
+    assert txlock.from_url("redis://").url == "redis:///0"
+    assert txlock.from_url("postgresql:///test").url == "postgresql:///test"  # the local socket
+    assert txlock.from_url("postgresql://").url == "postgresql://"
+
+
+def test_a_bad_txlock_url_says_it_came_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXLOCK_URL", "redis:/prod:6379")
+    with pytest.raises(txlock.ConfigurationError, match=r"^\$TXLOCK_URL: 'redis:/prod:6379' is missing"):
+        txlock.from_url()

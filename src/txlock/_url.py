@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -11,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from txlock._errors import ConfigurationError, MissingDependency
 from txlock._manager import BaseLockManager, parse_bool, parse_seconds
 
-__all__ = ["default_url", "from_url", "register_scheme", "schemes"]
+__all__ = ["check_url_form", "default_url", "from_url", "register_scheme", "schemes"]
 
 #: scheme -> (module, class name, the extra that provides its dependencies or "")
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -28,6 +29,47 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 
 #: Options every URL accepts, handled by the base class.
 COMMON_OPTIONS = ("acquire_timeout", "raise_on_timeout")
+
+
+#: Schemes whose URL names a path on this host: ``scheme:///absolute/path`` (three slashes).
+_PATH_SCHEMES = frozenset({"file", "sqlite", "unix"})
+#: The path of a host-less network URL that is really a ``host:port`` (a slash too many).
+_HOST_LIKE_PATH = re.compile(r"/+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+(/|$)")
+_PASSWORD = re.compile(r"(?<=:)[^:@/]*(?=@)")
+
+
+def _hide_password(text: str) -> str:
+    return _PASSWORD.sub("***", text) if "@" in text else text
+
+
+def check_url_form(url: str) -> None:
+    """Refuse a URL whose slashes change its meaning, naming the URL that was meant.
+
+    ``redis:/prod:6379`` (one slash) would otherwise connect to this machine, and
+    ``redis:///prod:6379`` (three) too: each host would get a lock of its own.
+    """
+    scheme, colon, rest = url.partition(":")
+    if not colon or not scheme or "/" in scheme or "=" in scheme:
+        return  # not a URL (a libpq conninfo string, a bare path): the backend decides
+    kind = scheme.lower()
+    if not rest.startswith("//"):
+        if kind in _PATH_SCHEMES and not rest.startswith("/"):
+            return  # scheme:relative/path: the backend asks for an absolute path
+        body = rest.lstrip("/")
+        meant = f"{scheme}:///{body}" if kind in _PATH_SCHEMES else f"{scheme}://{body}"
+        raise ConfigurationError(
+            f"{_hide_password(url)!r} is missing the '//' after {scheme + ':'!r}; "
+            f"did you mean {_hide_password(meant)!r}?"
+        )
+    if kind in _PATH_SCHEMES or kind == "memory":
+        return
+    parts = urlsplit(url)
+    if not parts.netloc and _HOST_LIKE_PATH.match(parts.path):
+        meant = f"{scheme}://{url.split(':', 1)[1].lstrip('/')}"
+        raise ConfigurationError(
+            f"{_hide_password(url)!r} has no host, and its path looks like one (a URL without a host "
+            f"means this machine); did you mean {_hide_password(meant)!r}?"
+        )
 
 
 def register_scheme(scheme: str, target: str, extra: str = "") -> None:
@@ -124,8 +166,18 @@ def from_url(url: str | None = None, **options: Any) -> BaseLockManager:
     ``options`` override the URL's. Unknown schemes and options raise
     :class:`~txlock.ConfigurationError` naming what is accepted.
     """
-    if url is None:
-        url = default_url()
+    if url is not None:
+        return _from_url(url, options)
+    url = default_url()
+    if not os.environ.get("TXLOCK_URL", "").strip():
+        return _from_url(url, options)
+    try:
+        return _from_url(url, options)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"$TXLOCK_URL: {exc}") from exc
+
+
+def _from_url(url: str, options: Mapping[str, Any]) -> BaseLockManager:
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     scheme = urlsplit(url).scheme
@@ -134,6 +186,7 @@ def from_url(url: str | None = None, **options: Any) -> BaseLockManager:
             f"{_redact(url)!r} is not a URL; use one of: {', '.join(s + '://' for s in schemes())}"
         )
     cls = manager_class(scheme)
+    check_url_form(url)
     query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
     query.update({name: _text(value) for name, value in options.items()})
     return cls._from_parsed(url, query)

@@ -32,7 +32,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -414,7 +414,7 @@ def _conninfo_url(conninfo: Mapping[str, str], *, redact: bool) -> str:
             netloc += f":{port}"
     if port and "host" in params:
         params["port"] = port
-    return urlunsplit(("postgresql", netloc, "/" + quote(dbname, safe="") if dbname else "", urlencode(params), ""))
+    return _unsplit("postgresql", netloc, "/" + quote(dbname, safe="") if dbname else "", urlencode(params))
 
 
 def _epoch(value: float | None) -> float | None:
@@ -1399,11 +1399,14 @@ class PostgresLockManager(BaseLockManager):
         libpq = {k: v for k, v in options.items() if k in _LIBPQ_KEYWORDS}
         kwargs = _parse_options({k: v for k, v in options.items() if k not in _LIBPQ_KEYWORDS})
         parts = urlsplit(url)
-        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        base = _unsplit(parts.scheme, parts.netloc, parts.path, "")
         try:
             conninfo = conninfo_to_dict(base)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"{_redact_text(url)!r} is not a PostgreSQL URL: {exc}") from None
+            raise ConfigurationError(
+                f"{_redact_text(url)!r} is not a PostgreSQL URL ({exc}); a full one looks like "
+                "postgresql://user:password@host:5432/dbname"
+            ) from None
         conninfo.update(libpq)
         return cls(_conninfo_url({k: str(v) for k, v in conninfo.items()}, redact=False), **kwargs)
 
@@ -1712,8 +1715,17 @@ def _parse_options(ours: Mapping[str, str]) -> dict[str, Any]:
     return kwargs
 
 
+def _unsplit(scheme: str, netloc: str, path: str, query: str) -> str:
+    """A URL from its parts. Not ``urlunsplit``: it drops the ``//`` of a host-less URL
+    (``postgresql:///db``, the local socket), which libpq then reads as a conninfo string."""
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+
+
 def _split_url(url: str) -> tuple[str, dict[str, Any]]:
     """Separate txlock's options from a ``postgresql://`` URL: (what libpq gets, keyword arguments)."""
+    from txlock._url import check_url_form
+
+    check_url_form(url)
     if "://" not in url:
         return url, {}  # a key=value conninfo string: libpq's only
     parts = urlsplit(url)
@@ -1722,7 +1734,7 @@ def _split_url(url: str) -> tuple[str, dict[str, Any]]:
     if not ours:
         return url, {}
     libpq = urlencode([(k, v) for k, v in query if k in _LIBPQ_KEYWORDS])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, libpq, parts.fragment)), _parse_options(ours)
+    return _unsplit(parts.scheme, parts.netloc, parts.path, libpq), _parse_options(ours)
 
 
 def _pool_conninfo(pool: Any) -> str | None:

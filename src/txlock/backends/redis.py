@@ -57,7 +57,7 @@ from txlock import _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
 from txlock._manager import BaseLockManager, parse_seconds
 from txlock._types import Busy, Capabilities, Lease, LockInfo
-from txlock._url import COMMON_OPTIONS, common_options, redact
+from txlock._url import COMMON_OPTIONS, check_url_form, common_options, redact
 from txlock._validate import decode, encode
 from txlock._waiter import Waiter
 
@@ -872,6 +872,7 @@ class RedisLockManager(BaseLockManager):
         self._hub_cache: tuple[int, _Hub] | None = None
 
     def _parse(self, url: str, own: dict[str, str]) -> None:
+        check_url_form(url)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in self.schemes:
