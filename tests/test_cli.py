@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import txlock
 from conftest import eventually, url_for
 
 pytestmark = pytest.mark.cli
@@ -376,6 +377,27 @@ def test_a_signal_while_waiting_leaves_no_hold(tx: Txlock, reap: list[subprocess
     assert tx.holder("k") is None
 
 
+@pytest.mark.parametrize("store", [_param("redis"), _param("postgres")])
+def test_ctrl_c_while_waiting_exits_130_and_leaves_no_waiter(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path, reap: list[subprocess.Popen[str]]
+) -> None:
+    tx = _make(store, request, tmp_path)
+    m = txlock.from_url(tx.env["TXLOCK_URL"])  # a store that counts its waiters
+    try:
+        assert m.acquire_lock("k", "owner", acquire_timeout=0)
+        waiting = tx.popen("run", "k", "--", "true")
+        reap.append(waiting)
+        eventually(lambda: (m.inspect("k") or pytest.fail("released")).waiters == 1, what="txlock run to wait")
+        waiting.send_signal(signal.SIGINT)
+        _, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == 128 + signal.SIGINT, err  # 130, not 1 ("refused")
+        eventually(lambda: (m.inspect("k") or pytest.fail("released")).waiters == 0, what="the waiter to leave")
+        assert m.is_lock_holder("k", "owner")
+    finally:
+        m.force_release("k")
+        m.close()
+
+
 def test_a_lost_lock_terminates_the_command(
     tx: Txlock, child: Callable[..., list[str]], tmp_path: Path, reap: list[subprocess.Popen[str]]
 ) -> None:
@@ -479,6 +501,10 @@ def test_missing_click_is_one_line(tx_mem: Txlock) -> None:
         (["acquire", "k"], ["--ttl"]),
         (["run", "k", "--timeout", "soon", "--", "true"], ["soon"]),
         (["run", "k", "--ttl", "0", "--", "true"], ["--ttl"]),
+        (["run", "k", "--ttl", "0.001", "--", "echo", "ran"], ["--ttl", "minimum of 1s"]),
+        (["acquire", "k", "--ttl", "500ms"], ["--ttl", "minimum of 1s"]),
+        (["run", "--", "echo", "ran"], ["needs a KEY before '--'"]),
+        (["--url", "memory://x", "run", "--timeout", "5", "--", "echo", "ran"], ["needs a KEY"]),
         (["frobnicate"], ["frobnicate"]),
     ],
 )

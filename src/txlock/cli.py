@@ -84,6 +84,13 @@ NOT_FOUND = 127
 DISPLAY_INTERVAL = 0.5
 #: Seconds between two checks that a ``run`` hold without ``--ttl`` is still ours.
 CHECK_INTERVAL = 1.0
+#: Shortest ``--ttl``: a lease must outlive the start of the command and the gaps between
+#: its renewals (every ttl/3) under ordinary load, on every backend.
+MIN_TTL = 1.0
+_MIN_TTL_WHY = (
+    "a shorter lease can end before it is put to use (the command started) or between two renewals "
+    "(every ttl/3) on a busy machine"
+)
 #: Default seconds a command gets between SIGTERM and SIGKILL when the lock is lost.
 KILL_AFTER = 5.0
 
@@ -550,6 +557,11 @@ def cmd_run(
         try:
             with _forwarding(child):
                 lease = ctx.lease
+                if ctx.lost or (lease.expires_at is not None and lease.expires_at <= time.time()):
+                    raise CliError(
+                        LOCK_LOST, "lock_lost",
+                        f"lock {key!r} ended before the command could start; the command was not run",
+                    )
                 env = dict(os.environ, TXLOCK_KEY=key, TXLOCK_HOLDER=holder, TXLOCK_TOKEN=str(lease.token))
                 try:
                     child.start(command, env)
@@ -773,9 +785,11 @@ def _cli() -> click.Group:
     class Seconds(click.ParamType):  # type: ignore[type-arg]
         name = "seconds"
 
-        def __init__(self, positive: bool = False, finite: bool = False) -> None:
+        def __init__(self, positive: bool = False, finite: bool = False, minimum: float = 0.0, why: str = "") -> None:
             self.positive = positive
             self.finite = finite
+            self.minimum = minimum
+            self.why = why
 
         def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
             if isinstance(value, (int, float)):
@@ -789,6 +803,8 @@ def _cli() -> click.Group:
                 self.fail(f"{value!r} must be {'> 0' if self.positive else '>= 0'} seconds", param, ctx)
             if self.finite and math.isinf(seconds):
                 self.fail(f"{value!r} must be a finite number of seconds", param, ctx)
+            if seconds < self.minimum:
+                self.fail(f"{value!r} is below the minimum of {self.minimum:g}s: {self.why}", param, ctx)
             return seconds
 
     def common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -816,7 +832,7 @@ def _cli() -> click.Group:
     epilog = (
         "\b\nExit codes: 0 ok, 1 refused, 2 usage, 69 store error, 75 timed out / held,\n"
         "76 lock lost, 78 bad URL / missing extra; `run` exits with the command's code.\n"
-        "Docs: docs/cli.md"
+        "Docs: https://github.com/txlock/txlock/blob/main/docs/cli.md"
     )
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=epilog)
@@ -836,8 +852,9 @@ def _cli() -> click.Group:
     @click.option("--holder", metavar="NAME", default=None, help="Holder name (default: host:pid:random).")
     @timeout_opt
     @click.option(
-        "--ttl", type=Seconds(positive=True, finite=True), default=None, metavar="SECONDS",
-        help="Lease length, renewed in the background while the command runs (default: a hold bound "
+        "--ttl", type=Seconds(positive=True, finite=True, minimum=MIN_TTL, why=_MIN_TTL_WHY), default=None,
+        metavar="SECONDS",
+        help="Lease length (at least 1s), renewed in the background while the command runs (default: a hold bound "
         "to this txlock process).",
     )
     @click.option(
@@ -872,8 +889,9 @@ def _cli() -> click.Group:
     @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
     @click.argument("key")
     @click.option(
-        "--ttl", type=Seconds(positive=True, finite=True), required=True, metavar="SECONDS",
-        help="How long the hold lasts unless released (required: the hold outlives this command).",
+        "--ttl", type=Seconds(positive=True, finite=True, minimum=MIN_TTL, why=_MIN_TTL_WHY), required=True,
+        metavar="SECONDS",
+        help="How long the hold lasts (at least 1s) unless released (required: the hold outlives this command).",
     )
     @click.option("--holder", metavar="NAME", default=None, help="Holder name (default: host:pid:random).")
     @timeout_opt
@@ -938,6 +956,32 @@ def _cli() -> click.Group:
     return cli
 
 
+#: Options of ``txlock`` and ``txlock run`` that take a value (``--opt VALUE``).
+_VALUE_OPTIONS = frozenset({"--url", "--holder", "--timeout", "--ttl", "--kill-after"})
+
+
+def _run_without_key(options: Sequence[str]) -> bool:
+    """Whether ``options`` (the arguments before ``--``) are a ``run`` with no KEY.
+
+    click would take the command's first word as the key (``txlock run -- echo hi`` would
+    lock ``echo`` and run ``hi``).
+    """
+    words = iter(options)
+    seen_run = False
+    for word in words:
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif word.startswith("-"):
+            continue
+        elif not seen_run:
+            if word != "run":
+                return False
+            seen_run = True
+        else:
+            return False  # the key
+    return seen_run
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``txlock`` console script; exits with one of the documented codes."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -952,6 +996,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     out = _Out("--json" in options)
     logging.getLogger("txlock").addHandler(_LogHandler(out))
     cli = _cli()
+    if _run_without_key(options) and "--" in args:
+        out.error(CliError(USAGE, "usage", "txlock run needs a KEY before '--': txlock run KEY [OPTIONS] -- COMMAND "
+                           "[ARGS]... (see 'txlock run --help')"))
+        sys.exit(USAGE)
     try:
         code = cli.main(args, prog_name="txlock", standalone_mode=False)
     except CliError as err:
@@ -967,9 +1015,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             message += " (put '--' before the command: txlock run KEY [OPTIONS] -- COMMAND [ARGS]...)"
         out.error(CliError(USAGE, "usage", f"{message} (see '{where} --help')"))
         code = USAGE
-    except click.Abort:
-        _write(sys.stderr, "\n")
-        code = FAILED
+    except click.Abort as exc:
+        # click turns Ctrl-C into Abort (after a newline on stderr); an EOF at a prompt is
+        # a refusal, Ctrl-C is the shell's 130 as documented.
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            code = 128 + signal.SIGINT
+        else:
+            _write(sys.stderr, "\n")
+            code = FAILED
     except click.ClickException as exc:
         out.error(CliError(exc.exit_code, "usage", exc.format_message()))
         code = exc.exit_code
