@@ -469,7 +469,10 @@ def test_an_unreachable_server_is_one_line(tx_mem: Txlock, request: pytest.Fixtu
     except ImportError:
         pytest.skip("the Redis backend is not available")
     # Port 1 on loopback: nothing listens there.
-    _one_error_line(tx_mem("--url", "redis://127.0.0.1:1/0", "status", "k"), BACKEND_ERROR, "127.0.0.1")
+    done = tx_mem("--url", "redis://127.0.0.1:1/0", "status", "k")
+    _one_error_line(done, BACKEND_ERROR, "127.0.0.1", "check that the server is running", "--url / $TXLOCK_URL")
+    assert "next call" not in done.stderr  # advice for a library caller, not for a command
+    assert done.stderr.count("running") == 1  # the advice once, not twice
 
 
 def test_a_missing_extra_names_it(tx_mem: Txlock) -> None:

@@ -89,6 +89,24 @@ def test_odd_keys_round_trip_and_stay_distinct(pg: PostgresLockManager) -> None:
     assert pg.list_locks() == []
 
 
+@pytest.mark.parametrize(("change", "words"), [
+    ({"user": "txlock_no_such_role"}, 'role "txlock_no_such_role" does not exist'),
+    ({"dbname": "txlock_no_such_db"}, 'database "txlock_no_such_db" does not exist'),
+])
+def test_a_refused_role_or_database_is_a_configuration_error(
+    shared_url: str, change: dict[str, str], words: str
+) -> None:
+    info = {**psycopg.conninfo.conninfo_to_dict(shared_url), **change}
+    m = PostgresLockManager(psycopg.conninfo.make_conninfo(**info))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(txlock.ConfigurationError, match="refused the connection") as caught:
+            m.is_locked("k")
+        assert words in str(caught.value) and "\n" not in str(caught.value)
+        assert "check the user, password and database" in str(caught.value)
+    finally:
+        m.close()
+
+
 def test_too_long_keys_are_refused_before_any_io(shared_url: str) -> None:
     m = PostgresLockManager("postgresql://nobody@127.0.0.1:1/none")  # unreachable: any I/O would fail
     with pytest.raises(ValueError, match="at most 4096"):

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar, TypeVar
 
 from txlock import _scheduler
@@ -29,7 +30,7 @@ from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import check_hold_timeout, check_holder, check_key, check_timeout
 from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
 
-__all__ = ["BaseLockManager", "LockContext", "default_holder"]
+__all__ = ["DEADLINE_MARGIN", "BaseLockManager", "LockContext", "call_budget", "default_holder"]
 
 T = TypeVar("T")
 
@@ -41,6 +42,42 @@ _DONE = 3  # (_DONE,) -> None; a no-op where a deferred cancellation is delivere
 
 Step = tuple[Any, ...]
 Flow = Generator[Step, Any, T]
+
+
+#: Seconds past its deadline that an acquire or wait may take when the store does not
+#: answer: every network call it makes is cut off after the time left plus this margin, so
+#: one round trip always gets a fair chance, even with ``timeout=0``.
+DEADLINE_MARGIN = 1.0
+
+#: The monotonic time by which the current acquire or wait must end (``None``: no deadline).
+#: Set around the whole call, so the backends' network calls (and worker threads started
+#: with ``asyncio.to_thread``, which copy the context) can bound their waits by it.
+_call_deadline: ContextVar[float | None] = ContextVar("txlock_call_deadline", default=None)
+
+
+def call_budget() -> float | None:
+    """Seconds the current network call may take, or ``None`` when nothing bounds it."""
+    deadline = _call_deadline.get()
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0) + DEADLINE_MARGIN
+
+
+class _Bounded:
+    """``with _Bounded(seconds):`` sets the call deadline for the block (none for ``None``/inf)."""
+
+    __slots__ = ("deadline", "token")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.deadline = None if seconds is None or seconds == math.inf else time.monotonic() + seconds
+
+    def __enter__(self) -> None:
+        if self.deadline is not None:
+            self.token = _call_deadline.set(self.deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.deadline is not None:
+            _call_deadline.reset(self.token)
 
 
 def default_holder() -> str:
@@ -487,12 +524,16 @@ class BaseLockManager:
         """Wait until ``key`` is free without taking it: ``True`` when free, ``False`` on
         timeout. ``timeout=0`` checks once; ``None`` waits forever."""
         self._valid_key(key)
-        return self._run(self._wait_flow(key, check_timeout(timeout, "timeout")))
+        seconds = check_timeout(timeout, "timeout")
+        with _Bounded(seconds):
+            return self._run(self._wait_flow(key, seconds))
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Async form of :meth:`wait_for_lock`."""
         self._valid_key(key)
-        return await self._arun(self._wait_flow(key, check_timeout(timeout, "timeout")))
+        seconds = check_timeout(timeout, "timeout")
+        with _Bounded(seconds):
+            return await self._arun(self._wait_flow(key, seconds))
 
     # ------------------------------------------------------------------ the rich API
 
@@ -507,6 +548,10 @@ class BaseLockManager:
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
+        with _Bounded(wait):
+            return self._acquire_lease(key, holder, wait, ttl)
+
+    def _acquire_lease(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
         first = self._try_acquire(key, holder, ttl, None)
         if isinstance(first, Lease):
             return first
@@ -525,6 +570,10 @@ class BaseLockManager:
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
+        with _Bounded(wait):
+            return await self._aacquire_lease(key, holder, wait, ttl)
+
+    async def _aacquire_lease(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
         first = None
         if self._local_attempts:
             # The attempt cannot block (local medium): make it without the driver.

@@ -243,6 +243,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
 # ---------------------------------------------------------------------- the store
 
 
+_RECONNECTS = re.compile(r"[.;]? [Tt]he next call reconnects\.?")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (server messages may span several)."""
+    return " ".join(str(exc).split())
+
+
 def _translate(exc: BaseException, url: str | None) -> CliError | None:
     """The one place where library errors become exit codes and one-line messages."""
     store = "the default store" if url is None else repr(txlock._url.redact(url))
@@ -252,13 +260,12 @@ def _translate(exc: BaseException, url: str | None) -> CliError | None:
         return CliError(CONFIG, "configuration", f"bad lock store URL {store}: {exc}")
     # Backend messages name the store (password redacted) and the cause.
     if isinstance(exc, txlock.BackendUnavailable):
-        return CliError(
-            BACKEND_ERROR,
-            "backend_unavailable",
-            f"cannot reach the lock store: {exc} (is it running? does --url / TXLOCK_URL point at it?)",
-        )
+        # The library's advice about the next call does not apply to a command that ends.
+        text = _RECONNECTS.sub("", _one_line(exc))
+        advice = "(does --url / $TXLOCK_URL point at it?)"
+        return CliError(BACKEND_ERROR, "backend_unavailable", f"cannot reach the lock store: {text} {advice}")
     if isinstance(exc, txlock.BackendError):
-        return CliError(BACKEND_ERROR, "backend_error", f"lock store error: {exc}")
+        return CliError(BACKEND_ERROR, "backend_error", f"lock store error: {_one_line(exc)}")
     if isinstance(exc, txlock.LockLost):
         return CliError(LOCK_LOST, "lock_lost", str(exc))
     if isinstance(exc, txlock.LockTimeout):

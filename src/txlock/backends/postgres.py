@@ -42,7 +42,7 @@ from psycopg.rows import tuple_row
 
 from txlock import _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
-from txlock._manager import BaseLockManager, parse_bool, parse_seconds
+from txlock._manager import BaseLockManager, call_budget, parse_bool, parse_seconds
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import decode, encode
 from txlock._waiter import Waiter
@@ -869,8 +869,15 @@ class _Store:
 
     # -- errors: the one place where driver exceptions become txlock's
 
-    def error(self, exc: BaseException) -> BackendError:
-        text = _scrub(str(exc).strip() or type(exc).__name__, self.conninfo)
+    def error(self, exc: BaseException) -> BackendError | ConfigurationError:
+        text = _scrub(" ".join(str(exc).split()) or type(exc).__name__, self.conninfo)
+        refused = _REFUSED.search(text)
+        if refused is not None:
+            # The server answered: the URL names a role, database or password it refuses.
+            return ConfigurationError(
+                f"{self.display} refused the connection: {refused.group(0)}; check the user, password and "
+                "database in the URL (and the server's pg_hba.conf)"
+            )
         sqlstate = getattr(exc, "sqlstate", None) or ""
         lost = not sqlstate or sqlstate[:2] in ("08", "53") or sqlstate in ("57P01", "57P02", "57P03")
         if (isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and lost) or _is_pool_error(exc):
@@ -918,8 +925,22 @@ class _Store:
 
     # -- sync I/O
 
+    def _bounded_connect_args(self) -> dict[str, Any]:
+        """``connect_args``, with ``connect_timeout`` cut to the current call's deadline (plus
+        the margin; libpq counts whole seconds, at least 2)."""
+        budget = call_budget()
+        if budget is None:
+            return self.connect_args
+        try:
+            configured = float(self.connect_args.get("connect_timeout") or 0)
+        except ValueError:
+            return self.connect_args  # libpq will say what is wrong with it
+        if 0 < configured <= budget:
+            return self.connect_args
+        return {**self.connect_args, "connect_timeout": str(max(2, math.ceil(budget)))}
+
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.Connection.connect(**self.connect_args)
+        conn = psycopg.Connection.connect(**self._bounded_connect_args())
         conn.add_notify_handler(_ignore)  # stray notifications (pgbouncer) must not pile up
         return conn
 
@@ -1020,7 +1041,7 @@ class _Store:
     # -- async I/O (the same steps with await)
 
     async def _aconnect(self) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(**self.connect_args)
+        conn = await psycopg.AsyncConnection.connect(**self._bounded_connect_args())
         conn.add_notify_handler(_ignore)
         return conn
 
@@ -1713,6 +1734,13 @@ def _parse_options(ours: Mapping[str, str]) -> dict[str, Any]:
     if "lease" in ours:
         kwargs["lease"] = parse_seconds("lease", ours["lease"], positive=True) or DEFAULT_LEASE
     return kwargs
+
+
+#: What the server says when it refuses the URL's role, database or credentials.
+_REFUSED = re.compile(
+    r'(role|database) "[^"]*" does not exist|password authentication failed for user "[^"]*"'
+    r"|no pg_hba\.conf entry for [^.]*"
+)
 
 
 def _unsplit(scheme: str, netloc: str, path: str, query: str) -> str:

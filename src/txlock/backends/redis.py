@@ -48,6 +48,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.cluster
+import redis.connection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
@@ -55,7 +56,7 @@ from redis.retry import Retry
 
 from txlock import _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
-from txlock._manager import BaseLockManager, parse_seconds
+from txlock._manager import DEADLINE_MARGIN, BaseLockManager, call_budget, parse_seconds
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._url import COMMON_OPTIONS, check_url_form, common_options, redact
 from txlock._validate import decode, encode
@@ -506,7 +507,8 @@ class _Hub:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="txlock-redis-listener", daemon=True)
                 self._thread.start()
-        timeout = 10.0
+        budget = call_budget()  # an acquire with a timeout waits no longer than that
+        timeout = 10.0 if budget is None else min(10.0, budget)
         if not self.ready.wait(timeout):
             error = self._error
             detail = f" ({_translate(error, self.where, self._secret)})" if error is not None else ""
@@ -662,6 +664,73 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Bounded:
+    """A redis-py connection whose connects and reads end by the current call's deadline.
+
+    An acquire or wait with a timeout sets that deadline (``call_budget``); the socket
+    timeout then shrinks to the time left plus ``DEADLINE_MARGIN``, so a server that
+    accepts connections and never answers costs the caller its timeout, not
+    ``socket_timeout``. Without a deadline nothing changes.
+    """
+
+    _sock: Any
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+
+    def connect(self) -> None:
+        budget = call_budget()
+        saved = self.socket_connect_timeout
+        if budget is not None and self._sock is None and (saved is None or budget < saved):
+            self.socket_connect_timeout = budget
+            try:
+                super().connect()  # type: ignore[misc]
+            finally:
+                self.socket_connect_timeout = saved
+            return
+        super().connect()  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        budget = call_budget()
+        sock = self._sock
+        if budget is None or sock is None or (self.socket_timeout is not None and budget >= self.socket_timeout):
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        sock.settimeout(budget)
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if self._sock is sock:
+                sock.settimeout(self.socket_timeout)
+
+
+class _TcpConnection(_Bounded, redis.connection.Connection):
+    pass
+
+
+class _TlsConnection(_Bounded, redis.connection.SSLConnection):
+    pass
+
+
+class _UnixConnection(_Bounded, redis.connection.UnixDomainSocketConnection):
+    pass
+
+
+_CONNECTIONS = {"redis": _TcpConnection, "rediss": _TlsConnection, "unix": _UnixConnection}
+
+
+async def _within_budget(call: Any) -> Any:
+    """Await ``call``, cut off by the current call's deadline (plus the margin), if any."""
+    budget = call_budget()
+    if budget is None:
+        return await call
+    try:
+        async with asyncio.timeout(budget):
+            return await call
+    except TimeoutError:
+        raise redis.exceptions.TimeoutError(
+            f"no reply within the call's timeout + {DEADLINE_MARGIN:g}s"
+        ) from None  # translated with the others: BackendUnavailable
 
 
 def _eval_sync(client: Any, script: _Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
@@ -975,8 +1044,16 @@ class RedisLockManager(BaseLockManager):
         # still retry once so that a pooled connection dropped by a restart reconnects.
         # Each world takes its own Retry class: redis-py >= 8.2 warns about, and replaces,
         # a sync Retry given to an asyncio client.
+        # Only a failed connection is retried: a reply that did not come within
+        # socket_timeout means the server is not answering, and asking twice more would
+        # triple the wait (and a retried script may already have run).
         backoff = ExponentialWithJitterBackoff(cap=0.05, base=0.005)
-        kwargs["retry"] = redis.asyncio.retry.Retry(backoff, 2) if asynchronous else Retry(backoff, 2)
+        errors = (redis.exceptions.ConnectionError,)
+        if asynchronous:
+            kwargs["retry"] = redis.asyncio.retry.Retry(backoff, 2, supported_errors=errors)
+        else:
+            kwargs["retry"] = Retry(backoff, 2, supported_errors=errors)
+            kwargs["connection_class"] = _CONNECTIONS[self._scheme]
         return kwargs
 
     def _new_sync(self) -> Any:
@@ -1083,7 +1160,7 @@ class RedisLockManager(BaseLockManager):
             return await asyncio.to_thread(self._eval, script, keys, args)
         async with self._gate.tasks():
             try:
-                return await _eval_async(await self._aclient(), script, keys, args)
+                return await _within_budget(_eval_async(await self._aclient(), script, keys, args))
             except _DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
 
@@ -1099,7 +1176,7 @@ class RedisLockManager(BaseLockManager):
             return await asyncio.to_thread(self._do, method, *args)
         async with self._gate.tasks():
             try:
-                return await getattr(await self._aclient(), method)(*args)
+                return await _within_budget(getattr(await self._aclient(), method)(*args))
             except _DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
 
