@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import subprocess
 import sys
@@ -89,6 +90,30 @@ def test_public_names_are_documented() -> None:
         obj = getattr(txlock, name)
         if callable(obj):
             assert obj.__doc__, name
+
+
+def test_dir_shows_the_public_names() -> None:
+    assert dir(txlock) == sorted(txlock.__all__)
+    assert "RedisLockManager" in dir(txlock) and "TYPE_CHECKING" not in dir(txlock)
+
+
+def test_one_rule_and_one_message_for_every_bad_hold_timeout() -> None:
+    m = txlock.MemoryLockManager()
+    messages = set()
+    for bad in (-1, 0, 0.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite number of seconds > 0") as caught:
+            m.acquire_lock("k", "h", hold_timeout=bad)
+        messages.add(str(caught.value).rsplit("got", 1)[0])
+    assert len(messages) == 1
+    assert not m.is_locked("k")
+
+
+def test_renew_without_a_lease_says_what_to_pass() -> None:
+    m = txlock.MemoryLockManager()
+    assert m.acquire_lease("k", "a") is not None
+    missed = m.acquire_lease("k", "b", timeout=0)  # timed out: None
+    with pytest.raises(TypeError, match="acquire_lease returns None when it times out"):
+        m.renew(missed)  # type: ignore[arg-type]
 
 
 def test_schemes_cover_every_backend() -> None:

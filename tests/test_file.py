@@ -480,6 +480,21 @@ def test_the_directory_is_private_unless_asked(tmp_path: Path) -> None:
         txlock.from_url("file://host/tmp/x")
 
 
+def test_a_missing_parent_is_refused_unless_create_is_asked_for(tmp_path: Path) -> None:
+    # A typo in the path (/var/lcoks/app) must not silently make a separate set of locks.
+    typo = tmp_path / "no-such-parent" / "locks"
+    for make in (lambda: FileSystemLockManager(typo), lambda: txlock.from_url(f"file://{typo}")):
+        with pytest.raises(txlock.ConfigurationError, match="its parent .* does not exist; create it"):
+            make()
+    assert not typo.parent.exists()
+    m = txlock.from_url(f"file://{typo}?create=true")
+    assert typo.is_dir() and m.url.endswith("?create=true")
+    assert m.acquire_lock("k", "h") and m.is_locked("k")
+    m.release_lock("k", "h")
+    m.close()
+    assert FileSystemLockManager(tmp_path / "locks").acquire_lock("k", "h")  # an existing parent is enough
+
+
 def test_an_unusable_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(txlock.BackendError, match="lock directory"):

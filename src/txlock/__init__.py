@@ -87,3 +87,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The public names (the lazy backend classes included), not the helpers of this module.
+    return sorted(__all__)

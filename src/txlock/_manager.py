@@ -63,6 +63,12 @@ def call_budget() -> float | None:
     return max(deadline - time.monotonic(), 0.0) + DEADLINE_MARGIN
 
 
+def _check_lease(lease: object) -> None:
+    if not isinstance(lease, Lease):
+        hint = " (acquire_lease returns None when it times out: check for it first)" if lease is None else ""
+        raise TypeError(f"renew() needs the Lease that acquire_lease returned, not {type(lease).__name__}{hint}")
+
+
 class _Bounded:
     """``with _Bounded(seconds):`` sets the call deadline for the block (none for ``None``/inf)."""
 
@@ -590,6 +596,7 @@ class BaseLockManager:
 
         Raises :class:`~txlock.LockLost` when the grant no longer holds the key.
         """
+        _check_lease(lease)
         ttl = check_hold_timeout(lease.ttl if ttl is None else ttl, "ttl")
         new = self._extend(lease.key, lease.holder, lease.token, ttl)
         if new is None:
@@ -598,6 +605,7 @@ class BaseLockManager:
 
     async def arenew(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Async form of :meth:`renew`."""
+        _check_lease(lease)
         ttl = check_hold_timeout(lease.ttl if ttl is None else ttl, "ttl")
         new = await self._aextend(lease.key, lease.holder, lease.token, ttl)
         if new is None:

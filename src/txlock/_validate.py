@@ -62,10 +62,13 @@ def check_timeout(value: object, name: str) -> float | None:
 
 def check_hold_timeout(value: object, name: str = "hold_timeout") -> float | None:
     """Validate a hold timeout: ``None`` (held until released) or a finite number ``> 0``."""
-    seconds = check_timeout(value, name)
-    if seconds is None:
+    if value is None:
         return None
-    if seconds == 0 or math.isinf(seconds):
+    try:
+        seconds = check_timeout(value, name)
+    except ValueError:
+        seconds = None  # negative or NaN: the same rule, the same message as 0 and inf
+    if seconds is None or seconds == 0 or math.isinf(seconds):
         raise ValueError(
             f"{name} must be a finite number of seconds > 0, or None for a hold that lasts "
             f"until released (or until its process dies); got {value!r}"

@@ -47,7 +47,7 @@ from urllib.parse import quote, urlencode
 
 from txlock import _inotify, _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
-from txlock._manager import BaseLockManager
+from txlock._manager import BaseLockManager, parse_bool
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import decode, encode
 from txlock._waiter import Waiter
@@ -788,12 +788,21 @@ _dirs: dict[tuple[int, int], _Dir] = {}
 _dirs_mutex = threading.Lock()
 
 
-def _attach(path: str, mode: int) -> _Dir:
-    """The state of directory ``path`` in this process (created, with ``mode``, if missing)."""
+def _attach(path: str, mode: int, create: bool = False) -> _Dir:
+    """The state of directory ``path`` in this process (created, with ``mode``, if missing;
+    its parent too when ``create``)."""
     _detach_pending()
+    parent = os.path.dirname(path)
+    if not create and not os.path.lexists(parent):
+        # A typo in the path must not silently make a separate set of locks.
+        raise ConfigurationError(
+            f"cannot use lock directory {path}: its parent {parent} does not exist; create it, fix the "
+            "path, or pass create=True (URL: ?create=true) to create the parents"
+        )
     try:
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if create:
+                os.makedirs(parent, exist_ok=True)
             os.mkdir(path, mode)
             os.chmod(path, mode)  # the umask must not loosen or tighten what was asked
         except FileExistsError:
@@ -1006,7 +1015,9 @@ class FileSystemLockManager(BaseLockManager):
     """Locks shared by the processes of one host, kept as files in one directory.
 
     ``FileSystemLockManager("/var/lock/myapp")`` or ``file:///var/lock/myapp``. The
-    directory is created (mode ``0o700`` unless ``mode`` says otherwise) if missing. Every
+    directory is created (mode ``0o700`` unless ``mode`` says otherwise) if missing; its
+    parent must exist (a typo must not make a separate set of locks) unless
+    ``create=True`` (``?create=true``) asks for the missing parents too. Every
     manager, copy and process naming the same directory shares the same locks. It is a
     drop-in for Prefect's ``FileSystemLockManager(lock_files_directory)``.
 
@@ -1054,8 +1065,13 @@ class FileSystemLockManager(BaseLockManager):
         ),
     )
 
-    def __init__(self, directory: str | os.PathLike[str], *, mode: int = 0o700, **options: Any) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, mode: int = 0o700, create: bool = False, **options: Any
+    ) -> None:
         super().__init__(**options)
+        if not isinstance(create, bool):
+            raise TypeError(f"create must be a bool, not {type(create).__name__}")
+        self.create = create
         raw = os.fspath(directory)
         if not isinstance(raw, str):
             raise TypeError(f"directory must be a str or os.PathLike[str], not {type(directory).__name__}")
@@ -1074,7 +1090,7 @@ class FileSystemLockManager(BaseLockManager):
     def _d(self) -> _Dir:
         state = self._state
         if state is None:
-            state = _attach(self.directory, self.mode)
+            state = _attach(self.directory, self.mode, self.create)
             self._finalizer = weakref.finalize(self, _pending.append, state)
             self._state = state
         return state
@@ -1097,10 +1113,12 @@ class FileSystemLockManager(BaseLockManager):
         return (self.directory, self.mode)
 
     def _init_kwargs(self) -> dict[str, Any]:
-        return {"directory": self.directory, "mode": self.mode, **self._common_kwargs()}
+        return {"directory": self.directory, "mode": self.mode, "create": self.create, **self._common_kwargs()}
 
     def _url(self, *, redact: bool) -> str:
         query = self._common_query()
+        if self.create:
+            query = {"create": "true", **query}
         if self.mode != 0o700:
             query = {"mode": f"{self.mode:o}", **query}
         text = urlencode(query)
@@ -1111,7 +1129,9 @@ class FileSystemLockManager(BaseLockManager):
         from txlock._url import common_options, local_path
 
         path = local_path(url, "file", "file:///absolute/path")
-        kwargs = common_options(options, allowed=("mode",))
+        kwargs = common_options(options, allowed=("mode", "create"))
+        if "create" in options:
+            kwargs["create"] = parse_bool("create", options["create"])
         if "mode" in options:
             try:
                 kwargs["mode"] = int(options["mode"], 8)
