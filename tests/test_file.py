@@ -484,7 +484,7 @@ def test_a_missing_parent_is_refused_unless_create_is_asked_for(tmp_path: Path) 
     # A typo in the path (/var/lcoks/app) must not silently make a separate set of locks.
     typo = tmp_path / "no-such-parent" / "locks"
     for make in (lambda: FileSystemLockManager(typo), lambda: txlock.from_url(f"file://{typo}")):
-        with pytest.raises(txlock.ConfigurationError, match="its parent .* does not exist; create it"):
+        with pytest.raises(txlock.ConfigurationError, match=r"its parent .* does not exist; create it"):
             make()
     assert not typo.parent.exists()
     m = txlock.from_url(f"file://{typo}?create=true")
