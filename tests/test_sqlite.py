@@ -181,6 +181,45 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
+def test_a_garbage_header_with_wal_files_beside_it_is_left_untouched(tmp_path: Path) -> None:
+    # SQLite, once it opens such a file, replays or deletes the -wal and -shm beside it.
+    path = tmp_path / "locks.db"
+    rng = random.Random(2)
+    for name in ("locks.db", "locks.db-wal", "locks.db-shm"):
+        (tmp_path / name).write_bytes(rng.randbytes(32768))
+    before = {p.name: digest(str(p)) for p in tmp_path.iterdir()}
+    with pytest.raises(txlock.ConfigurationError, match="is not a SQLite database .it was left untouched"):
+        backend.SQLiteLockManager(path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TXLOCK_")}
+    done = subprocess.run([sys.executable, "-m", "txlock", "--url", f"sqlite://{path}", "ls"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 78 and "left untouched" in done.stderr, done.stderr
+    assert {p.name: digest(str(p)) for p in tmp_path.iterdir()} == before
+
+
+def test_a_recreated_store_never_gives_a_key_a_smaller_token(tmp_path: Path) -> None:
+    # "Move it away, txlock recreates it": the new store's tokens start above the old ones.
+    path = tmp_path / "locks.db"
+    old = backend.SQLiteLockManager(path)
+    tokens = []
+    for _ in range(50):
+        lease = old.acquire_lease("k", "h")
+        assert lease is not None
+        tokens.append(lease.token)
+        old.release_lock("k", "h")
+    old.close()
+    for name in ("locks.db", "locks.db-wal", "locks.db-shm"):
+        if (tmp_path / name).exists():
+            (tmp_path / name).rename(tmp_path / f"moved-{name}")
+    new = backend.SQLiteLockManager(path)
+    try:
+        lease = new.acquire_lease("k", "h")
+        assert lease is not None and lease.token > max(tokens)
+        assert tokens == sorted(set(tokens))
+    finally:
+        new.close()
+
+
 def test_another_applications_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = str(tmp_path / "app.db")
     cx = sqlite3.connect(path)

@@ -81,7 +81,9 @@ _GC_EVERY = 1024  # releases per process and database between sweeps of free row
 
 _SCHEMA = (
     "CREATE TABLE txlock_meta (name TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID",
-    "INSERT INTO txlock_meta (name, value) VALUES ('token_floor', 0)",
+    # Seeded from the wall clock (microseconds): a store recreated after its file was lost or
+    # moved away starts above every token the old one can have issued, so tokens never go back.
+    "INSERT INTO txlock_meta (name, value) VALUES ('token_floor', :seed)",
     """CREATE TABLE txlock_locks (
         key BLOB PRIMARY KEY NOT NULL,  -- txlock._validate.encode(key)
         holder BLOB,                    -- encode(holder); NULL = free (the row keeps the token)
@@ -230,6 +232,29 @@ def _check_path(path: str) -> None:
             )
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ConfigurationError(f"cannot use SQLite lock database {path}: not a regular file")
+        _check_header(path)
+
+
+#: The first 16 bytes of every SQLite 3 database file.
+_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_header(path: str) -> None:
+    """Refuse a non-empty file that does not start like a SQLite database, before SQLite
+    opens it: SQLite would otherwise replay or delete the ``-wal`` and ``-shm`` files beside
+    it, changing a file that is not txlock's."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC))
+    except FileNotFoundError:
+        return  # created on open
+    except OSError as exc:
+        raise BackendError(f"cannot read SQLite lock database {path} ({exc})") from exc
+    if head and head != _MAGIC:
+        raise ConfigurationError(
+            f"{path} is not a SQLite database (it was left untouched); choose another path for "
+            f"the txlock lock database, or move the file away"
+        )
 
 
 def _prepare(cx: sqlite3.Connection, path: str) -> None:
@@ -252,7 +277,7 @@ def _prepare(cx: sqlite3.Connection, path: str) -> None:
             tables = cx.execute("SELECT name FROM sqlite_master").fetchall()
             if app_id == 0 and not tables:
                 for statement in _SCHEMA:
-                    cx.execute(statement)
+                    cx.execute(statement, {"seed": time.time_ns() // 1000} if ":seed" in statement else ())
                 cx.execute("COMMIT")
                 app_id = APPLICATION_ID
         finally:
@@ -301,6 +326,7 @@ class _Conn:
         return value
 
     def _open(self) -> sqlite3.Connection:
+        _check_header(self.db.path)  # the file may have been replaced since the last connection
         cx = sqlite3.connect(self.db.path, timeout=self.busy, isolation_level=None, check_same_thread=False)
         try:
             cx.create_function("txlock_alive", 1, self.db.alive)
