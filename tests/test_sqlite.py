@@ -181,6 +181,17 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
+def grant_and_release(m: backend.SQLiteLockManager, times: int, key: str = "k") -> list[int]:
+    """Take and release ``key`` ``times`` times; the tokens granted."""
+    tokens = []
+    for _ in range(times):
+        lease = m.acquire_lease(key, "a")
+        assert lease is not None
+        tokens.append(lease.token)
+        m.release_lock(key, "a")
+    return tokens
+
+
 def test_a_garbage_header_with_wal_files_beside_it_is_left_untouched(tmp_path: Path) -> None:
     # SQLite, once it opens such a file, replays or deletes the -wal and -shm beside it.
     path = tmp_path / "locks.db"
@@ -188,7 +199,7 @@ def test_a_garbage_header_with_wal_files_beside_it_is_left_untouched(tmp_path: P
     for name in ("locks.db", "locks.db-wal", "locks.db-shm"):
         (tmp_path / name).write_bytes(rng.randbytes(32768))
     before = {p.name: digest(str(p)) for p in tmp_path.iterdir()}
-    with pytest.raises(txlock.ConfigurationError, match="is not a SQLite database .it was left untouched"):
+    with pytest.raises(txlock.ConfigurationError, match=r"is not a SQLite database \(it was left untouched"):
         backend.SQLiteLockManager(path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TXLOCK_")}
     done = subprocess.run([sys.executable, "-m", "txlock", "--url", f"sqlite://{path}", "ls"], env=env,
@@ -201,12 +212,7 @@ def test_a_recreated_store_never_gives_a_key_a_smaller_token(tmp_path: Path) -> 
     # "Move it away, txlock recreates it": the new store's tokens start above the old ones.
     path = tmp_path / "locks.db"
     old = backend.SQLiteLockManager(path)
-    tokens = []
-    for _ in range(50):
-        lease = old.acquire_lease("k", "h")
-        assert lease is not None
-        tokens.append(lease.token)
-        old.release_lock("k", "h")
+    tokens = grant_and_release(old, 50)
     old.close()
     for name in ("locks.db", "locks.db-wal", "locks.db-shm"):
         if (tmp_path / name).exists():
@@ -316,12 +322,7 @@ def test_prefix_bounds_on_bytes() -> None:
 
 
 def test_tokens_never_regress_across_sweeps_and_restarts(db: str, m: backend.SQLiteLockManager) -> None:
-    seen = []
-    for _ in range(3):
-        lease = m.acquire_lease("k", "a")
-        assert lease is not None
-        seen.append(lease.token)
-        m.release_lock("k", "a")
+    seen = grant_and_release(m, 3)
     # Sweep the free row away (as every 1024th release does): the floor keeps the token.
     m._call(backend._op_sweep, time.time())
     cx = sqlite3.connect(db)
