@@ -298,6 +298,34 @@ def test_async_calls_back_off_instead_of_blocking_the_loop_on_a_busy_database(db
         m.close()
 
 
+def test_async_calls_on_a_database_locked_too_long_fail_like_sync_ones(db: str) -> None:
+    # The async path retried "database is locked" forever: a release never ended.
+    m = backend.SQLiteLockManager(db, busy_timeout=0.3)
+    assert m.acquire_lock("k", "a")
+    other = sqlite3.connect(db, isolation_level=None)
+
+    async def scenario() -> None:
+        other.execute("BEGIN IMMEDIATE")
+        writes = (
+            lambda: m.arelease_lock("k", "a"),
+            lambda: m.aforce_release("k"),
+        )
+        for call in writes:  # (reads go on: WAL readers do not wait for a writer)
+            with pytest.raises(txlock.BackendUnavailable, match=r"stayed locked by another connection .*busy_timeout"):
+                await asyncio.wait_for(call(), 10)  # not forever
+        # An acquire sees a busy database as a busy lock: its own timeout bounds the wait.
+        assert not await asyncio.wait_for(m.aacquire_lock("k2", "b", acquire_timeout=0.2), 10)
+        other.execute("ROLLBACK")
+        await m.arelease_lock("k", "a")
+
+    try:
+        asyncio.run(scenario())
+        assert not m.is_locked("k")
+    finally:
+        other.close()
+        m.close()
+
+
 # ---------------------------------------------------------------------- keys, tokens, listing
 
 

@@ -50,7 +50,7 @@ from urllib.parse import quote, urlencode
 
 from txlock import _inotify
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError, CorruptRecord
-from txlock._manager import BaseLockManager, parse_seconds
+from txlock._manager import BaseLockManager, call_budget, parse_seconds
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import decode, encode
 from txlock._waiter import Waiter
@@ -841,14 +841,23 @@ class SQLiteLockManager(BaseLockManager):
         return self._db.sync.call(op, *args)
 
     async def _acall(self, op: Callable[..., T], *args: Any) -> T:
+        # The async connection waits at most 5 ms inside SQLite (the loop must not block),
+        # then yields to the loop and tries again: in all no longer than a sync call would
+        # wait (busy_timeout), nor past the call's deadline; then the same error as sync.
+        budget = call_budget()
+        limit = self.busy_timeout if budget is None else min(self.busy_timeout, budget)
+        give_up = time.monotonic() + limit
         delay = 0.0005
         while True:
             try:
                 return self._db.aio.call(op, *args)
-            except _Locked:
+            except _Locked as exc:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise _translate(exc.__cause__ or exc, self.path, limit) from exc.__cause__
                 import asyncio  # imported where used: sync-only start-up (the CLI) stays lean
 
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, _POLL_CAP)
 
     def _granted(
