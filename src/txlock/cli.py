@@ -718,8 +718,11 @@ def cmd_status(out: _Out, url: str | None, key: str) -> int:
     out.text(f"  token       {info.token}")
     out.text(f"  held for    {duration(now - info.acquired_at)}")
     out.text(f"  expires in  {expires}")
-    out.text(f"  waiters     {'unknown' if info.waiters is None else info.waiters}")
+    out.text(f"  waiters     {_NOT_COUNTED if info.waiters is None else info.waiters}")
     return OK
+
+
+_NOT_COUNTED = "not counted by this store (file and SQLite cannot see other processes' waiters)"
 
 
 def cmd_ls(out: _Out, url: str | None, prefix: str | None) -> int:
@@ -733,6 +736,8 @@ def cmd_ls(out: _Out, url: str | None, prefix: str | None) -> int:
     if not locks:
         out.note("no locks held" + ("" if prefix is None else f" with prefix {prefix!r}"))
         return OK
+    # A WAITERS column where the store counts its waiters (memory, Redis, PostgreSQL).
+    counted = any(i.waiters is not None for i in locks)
     rows = [
         (
             _show(i.key),
@@ -740,10 +745,12 @@ def cmd_ls(out: _Out, url: str | None, prefix: str | None) -> int:
             str(i.token),
             duration(now - i.acquired_at),
             duration(None if i.expires_at is None else i.expires_at - now),
+            *([] if not counted else ["-" if i.waiters is None else str(i.waiters)]),
         )
         for i in locks
     ]
-    for line in table(("KEY", "HOLDER", "TOKEN", "HELD FOR", "EXPIRES IN"), rows, right=(2, 3, 4)):
+    header = ("KEY", "HOLDER", "TOKEN", "HELD FOR", "EXPIRES IN", *(["WAITERS"] if counted else []))
+    for line in table(header, rows, right=(2, 3, 4, 5)):
         out.text(line)
     return OK
 
