@@ -136,20 +136,33 @@ def test_acquire_timeout_gives_up_and_returns_false(api: Api) -> None:
     assert api.acquire_lock("k", "b", acquire_timeout=0)  # the timed-out waiter left no trace
 
 
+def parked(manager: txlock.BaseLockManager, key: str, count: int) -> Callable[[], bool]:
+    """A predicate: ``count`` waiters wait on ``key``, seen in the store or in this process.
+
+    Every backend can tell one way or the other, so a test that waits on it knows that its
+    waiter really waits (a hand-off path that is never taken fails the test).
+    """
+    if manager._parked_here(key) is not None:
+        return lambda: manager._parked_here(key) == count
+    assert manager.capabilities.counts_waiters, f"{type(manager).__name__} cannot show a parked waiter"
+    return queued(manager, key, count)
+
+
 def test_release_hands_the_lock_to_a_waiter(api: Api, manager: txlock.BaseLockManager) -> None:
     assert api.acquire_lock("k", "a")
     waiter = Background(lambda: api.acquire_lock("k", "b", acquire_timeout=30))
-    if manager.capabilities.counts_waiters:
-        eventually(queued(manager, "k", 1), what="the waiter to queue")
+    eventually(parked(manager, "k", 1), what="the waiter to wait")
+    assert not waiter.done.is_set()
     api.release_lock("k", "a")
     assert waiter.get() is True
     assert api.is_lock_holder("k", "b")
 
 
-def test_acquire_without_timeout_waits_until_free(api: Api) -> None:
+def test_acquire_without_timeout_waits_until_free(api: Api, manager: txlock.BaseLockManager) -> None:
     assert api.acquire_lock("k", "a")
     waiter = Background(lambda: api.acquire_lock("k", "b"))
-    assert not waiter.done.wait(0.05)
+    eventually(parked(manager, "k", 1), what="the waiter to wait")
+    assert not waiter.done.is_set()
     api.release_lock("k", "a")
     assert waiter.get() is True
 

@@ -184,6 +184,12 @@ class BaseLockManager:
     def _too_long(self, key: str, holder: str) -> bool:
         return len(key) > self.max_key_length or len(holder) > self.max_holder_length
 
+    def _parked_here(self, key: str) -> int | None:
+        """How many calls of this process wait on ``key`` right now, or ``None`` if the
+        backend cannot tell (then ``LockInfo.waiters`` counts them). For tests: it lets
+        them wait on observable state instead of sleeping."""
+        return None
+
     # ------------------------------------------------------------------ identity
 
     def _config(self) -> tuple[Any, ...]:

@@ -1139,6 +1139,11 @@ class FileSystemLockManager(BaseLockManager):
                 raise ConfigurationError(f"option mode={options['mode']!r} is not an octal mode such as 700") from None
         return cls(path, **kwargs)
 
+    def _parked_here(self, key: str) -> int:
+        d = self._d()
+        with d.mutex:
+            return len(d.waiters.get(key_filename(key), ()))
+
     def path_for(self, key: str) -> str:
         """The path of ``key``'s record file (a hash of the key, always inside the directory)."""
         return os.path.join(self.directory, key_filename(key))

@@ -484,7 +484,7 @@ class _Database:
     def register(self, key: bytes, waiter: Waiter) -> None:
         if waiter.data is None:
             bucket = _bucket(key)
-            waiter.data = [bucket, 0]
+            waiter.data = [bucket, 0, key]  # bucket, polls so far, key
             with self.wmutex:
                 self.waiters.setdefault(bucket, set()).add(waiter)
             if not self.watched:
@@ -512,6 +512,11 @@ class _Database:
                 self.wake(int(name[2:], 16))
         elif name.startswith(b"o-") and mask & _inotify.IN_CLOSE_WRITE:
             self.wake(None)  # a process holding locks died (or exited)
+
+    def parked(self, key: bytes) -> int:
+        """How many waiters of this process are registered on ``key``."""
+        with self.wmutex:
+            return sum(1 for w in self.waiters.get(_bucket(key), ()) if w.data is not None and w.data[2] == key)
 
     def unregister(self, waiter: Waiter) -> None:
         data = waiter.data
@@ -839,6 +844,9 @@ class SQLiteLockManager(BaseLockManager):
 
     def _call(self, op: Callable[..., T], *args: Any) -> T:
         return self._db.sync.call(op, *args)
+
+    def _parked_here(self, key: str) -> int:
+        return self._db.parked(encode(key))
 
     async def _acall(self, op: Callable[..., T], *args: Any) -> T:
         # The async connection waits at most 5 ms inside SQLite (the loop must not block),
