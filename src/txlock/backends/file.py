@@ -574,12 +574,18 @@ class _Dir:
             if not self.waiters:
                 return
         life = bytes.fromhex(name[len(_LIFE_DIR) + 1 :])
-        for _ in range(40):
-            if not self.alive(life):
-                break
-            time.sleep(0.00025)
-        self.wake(name)
-        self.rung()
+        tries = iter(range(_LIFE_PROBES))
+
+        def probe() -> bool:
+            # On the scheduler thread, one flock probe per run: the inotify thread, which
+            # serves every wake-up of the process, never sleeps here.
+            if next(tries, None) is not None and self.alive(life):
+                return True  # look again in _LIFE_PROBE_EVERY
+            self.wake(name)
+            self.rung()
+            return False
+
+        _scheduler.schedule(probe, _LIFE_PROBE_EVERY, name="txlock life check", first_delay=0)
 
     def start_watching(self) -> None:
         with self.mutex:
@@ -783,6 +789,12 @@ class _Dir:
         self.bound = set()
         self.fds = {}  # closed with every registered descriptor by the fork hook
 
+
+#: After a life file's close event: how often, and how many times, to look whether the
+#: kernel has dropped the dead process's flock (it does just after the close) before
+#: waking the waiters anyway.
+_LIFE_PROBE_EVERY = 0.00025
+_LIFE_PROBES = 40
 
 _dirs: dict[tuple[int, int], _Dir] = {}
 _dirs_mutex = threading.Lock()

@@ -97,6 +97,8 @@ _OWN_OPTIONS = ("prefix", "lease")
 #: from one process add no throughput.
 DEFAULT_MAX_CONNECTIONS = 32
 
+#: Longest wait for the wake-up subscription before a waiter queues in Redis.
+_SUBSCRIBE_WAIT = 10.0
 _HEARTBEAT_BATCH = 1000
 _LISTENER_IDLE = 10.0  # seconds a listener with no local waiters stays subscribed
 
@@ -500,21 +502,42 @@ class _Hub:
         with self.lock:
             self.waiters.pop(wid, None)
 
-    def ensure(self) -> None:
-        """Make sure the listener is subscribed before a waiter is queued in Redis (a
-        release published before the subscription would be lost)."""
+    def _start(self) -> float:
+        """Start the listener if needed; how long a caller may wait for its subscription."""
         with self.lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="txlock-redis-listener", daemon=True)
                 self._thread.start()
         budget = call_budget()  # an acquire with a timeout waits no longer than that
-        timeout = 10.0 if budget is None else min(10.0, budget)
+        return _SUBSCRIBE_WAIT if budget is None else min(_SUBSCRIBE_WAIT, budget)
+
+    def _not_ready(self, timeout: float) -> BackendUnavailable:
+        error = self._error
+        detail = f" ({_translate(error, self.where, self._secret)})" if error is not None else ""
+        return BackendUnavailable(
+            f"could not subscribe to wake-ups on Redis at {self.where} within {timeout:g}s{detail}"
+        )
+
+    def ensure(self) -> None:
+        """Make sure the listener is subscribed before a waiter is queued in Redis (a
+        release published before the subscription would be lost)."""
+        timeout = self._start()
         if not self.ready.wait(timeout):
-            error = self._error
-            detail = f" ({_translate(error, self.where, self._secret)})" if error is not None else ""
-            raise BackendUnavailable(
-                f"could not subscribe to wake-ups on Redis at {self.where} within {timeout:g}s{detail}"
-            )
+            raise self._not_ready(timeout)
+
+    async def aensure(self) -> None:
+        """:meth:`ensure` for the event loop, parking no thread: the subscription is made by
+        the listener thread; the task looks at it with a short backoff (only while a first
+        subscription or a reconnection is under way)."""
+        timeout = self._start()
+        give_up = time.monotonic() + timeout
+        delay = 0.0005
+        while not self.ready.is_set():
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise self._not_ready(timeout)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
 
     def _listen(self) -> None:
         pubsub: Any = None
@@ -1186,7 +1209,7 @@ class RedisLockManager(BaseLockManager):
 
     async def _aensure(self, state: _WaitState | None) -> None:
         if state is not None and not state.hub.ready.is_set():
-            await asyncio.to_thread(state.hub.ensure)
+            await state.hub.aensure()
 
     # ------------------------------------------------------------------ request building / reply parsing
 
