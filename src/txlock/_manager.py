@@ -157,6 +157,9 @@ class BaseLockManager:
     max_key_length: ClassVar[int] = 65536
     #: Longest holder accepted, in characters (``ValueError`` before any I/O).
     max_holder_length: ClassVar[int] = 65536
+    #: ``True`` when the backend's calls read ``call_budget()`` (network stores, SQLite's
+    #: async retries): acquires with a timeout then carry their deadline down to them.
+    _bounds_calls: ClassVar[bool] = True
     #: ``True`` when async primitives perform real network I/O (then they are shielded
     #: from cancellation so the outcome of an in-flight grant is always known).
     _async_io: ClassVar[bool] = False
@@ -180,9 +183,6 @@ class BaseLockManager:
 
     def _valid_holder(self, holder: object) -> str:
         return check_holder(holder, self.max_holder_length, type(self).__name__)
-
-    def _too_long(self, key: str, holder: str) -> bool:
-        return len(key) > self.max_key_length or len(holder) > self.max_holder_length
 
     def _parked_here(self, key: str) -> int | None:
         """How many calls of this process wait on ``key`` right now, or ``None`` if the
@@ -498,7 +498,10 @@ class BaseLockManager:
         A key that is not held (free or expired) is a no-op. A key held by another holder
         raises :class:`~txlock.NotLockHolder` (a ``ValueError``) with Prefect's message.
         """
-        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+        if (
+            type(key) is not str or type(holder) is not str
+            or len(key) > self.max_key_length or len(holder) > self.max_holder_length
+        ):
             self._valid_key(key)
             self._valid_holder(holder)
         other = self._release(key, holder)
@@ -507,7 +510,10 @@ class BaseLockManager:
 
     async def arelease_lock(self, key: str, holder: str) -> None:
         """Async form of :meth:`release_lock`."""
-        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+        if (
+            type(key) is not str or type(holder) is not str
+            or len(key) > self.max_key_length or len(holder) > self.max_holder_length
+        ):
             self._valid_key(key)
             self._valid_holder(holder)
         other = await self._arelease(key, holder)
@@ -554,16 +560,18 @@ class BaseLockManager:
     ) -> Lease | None:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
-        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
-            self._valid_key(key)  # the common case costs the three tests above
+        if (
+            type(key) is not str or type(holder) is not str
+            or len(key) > self.max_key_length or len(holder) > self.max_holder_length
+        ):
+            self._valid_key(key)  # the common case costs the four tests above
             self._valid_holder(holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
-        with _Bounded(wait):
-            return self._acquire_lease(key, holder, wait, ttl)
-
-    def _acquire_lease(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
+        if self._bounds_calls and wait is not None and wait != math.inf and _call_deadline.get() is None:
+            with _Bounded(wait):  # the store's calls end by the deadline too (call_budget)
+                return self.acquire_lease(key, holder, wait, ttl)
         first = self._try_acquire(key, holder, ttl, None)
         if isinstance(first, Lease):
             return first
@@ -576,16 +584,18 @@ class BaseLockManager:
         self, key: str, holder: str, timeout: float | None = None, ttl: float | None = None
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
-        if type(key) is not str or type(holder) is not str or self._too_long(key, holder):
+        if (
+            type(key) is not str or type(holder) is not str
+            or len(key) > self.max_key_length or len(holder) > self.max_holder_length
+        ):
             self._valid_key(key)
             self._valid_holder(holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
-        with _Bounded(wait):
-            return await self._aacquire_lease(key, holder, wait, ttl)
-
-    async def _aacquire_lease(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
+        if self._bounds_calls and wait is not None and wait != math.inf and _call_deadline.get() is None:
+            with _Bounded(wait):
+                return await self.aacquire_lease(key, holder, wait, ttl)
         first = None
         if self._local_attempts:
             # The attempt cannot block (local medium): make it without the driver.
@@ -827,6 +837,10 @@ class LockContext:
     def _entered(self, lease: Lease) -> LockContext:
         hold = self._hold
         assert hold is not None
+        if self.ttl is None:
+            hold.lease = lease  # no renewal job to race with (unless another block started one)
+            if hold.job is None:
+                return self
         with hold.guard:
             hold.lease = lease
             if self.ttl is not None and hold.job is None:
@@ -875,10 +889,12 @@ class LockContext:
         assert hold is not None
         if not self._drop(hold):
             return False
-        if hold.job is not None:
-            hold.job.cancel()
-            hold.job = None
-        with hold.guard:
+        job = hold.job
+        if job is None:
+            return not hold.lost  # nothing renews it, so nothing else can change it
+        job.cancel()
+        hold.job = None
+        with hold.guard:  # a renewal in flight finishes first
             return not hold.lost
 
     def _left(self, other: str | None, failed: bool) -> None:

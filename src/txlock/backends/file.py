@@ -1076,6 +1076,7 @@ class FileSystemLockManager(BaseLockManager):
             "no strict FIFO order; a waiter of 50 ms reserves the next grant",
         ),
     )
+    _bounds_calls = False  # local files: no call waits on another host
 
     def __init__(
         self, directory: str | os.PathLike[str], *, mode: int = 0o700, create: bool = False, **options: Any

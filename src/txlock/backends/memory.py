@@ -100,6 +100,7 @@ class MemoryLockManager(BaseLockManager):
 
     schemes = ("memory",)
     capabilities = Capabilities(fifo=True, injectable_clock=True, counts_waiters=True)
+    _bounds_calls = False  # nothing it does can stall
 
     def __init__(self, name: str = "", **options: Any) -> None:
         super().__init__(**options)
