@@ -40,6 +40,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _sections(text: str) -> dict[str, str]:
+    """The ``## title`` sections of a BENCHMARKS.md, in order (title -> text)."""
+    found: dict[str, str] = {}
+    chunks = text.split("\n## ")[1:]
+    for chunk in chunks:
+        title = chunk.split("\n", 1)[0]
+        found[title] = "## " + chunk.rstrip("\n") + "\n"
+    return found
+
+
 def write_markdown() -> None:
     m = machine()
     parts = [
@@ -53,6 +63,7 @@ def write_markdown() -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}.",
         "",
     ]
+    fresh: dict[str, str] = {}
     for suite in SUITES:
         path = RESULTS / f"{suite}.json"
         if not path.exists():
@@ -60,11 +71,17 @@ def write_markdown() -> None:
         data = json.loads(path.read_text())
         rows = [Row(**r) for r in data["rows"]]
         when = f"Measured {data['machine']['date']} at commit {data['machine']['commit']}."
-        parts += [f"## {data['title']}", "", when, ""]
-        parts += [table(rows), ""]
+        section = [f"## {data['title']}", "", when, "", table(rows), ""]
         if data.get("notes"):
-            parts += [data["notes"], ""]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+            section += [data["notes"], ""]
+        fresh[data["title"]] = "\n".join(section)
+    # Sections of suites not measured here (results are not committed) stay as they were,
+    # each with its own "Measured ... at commit" line.
+    target = ROOT / "BENCHMARKS.md"
+    kept = _sections(target.read_text()) if target.exists() else {}
+    for title, text in {**kept, **fresh}.items():
+        parts.append(fresh.get(title, text))
+    target.write_text("\n".join(parts).rstrip("\n") + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 
 
