@@ -70,12 +70,12 @@ def _check_lease(lease: object) -> None:
 
 
 class _Bounded:
-    """``with _Bounded(seconds):`` sets the call deadline for the block (none for ``None``/inf)."""
+    """``with _Bounded(seconds):`` sets the call deadline for the block (``_UNBOUNDED``: none)."""
 
     __slots__ = ("deadline", "token")
 
     def __init__(self, seconds: float | None) -> None:
-        self.deadline = None if seconds is None or seconds == math.inf else time.monotonic() + seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
 
     def __enter__(self) -> None:
         if self.deadline is not None:
@@ -84,6 +84,9 @@ class _Bounded:
     def __exit__(self, *exc: object) -> None:
         if self.deadline is not None:
             _call_deadline.reset(self.token)
+
+
+_UNBOUNDED = _Bounded(None)
 
 
 def default_holder() -> str:
@@ -177,6 +180,20 @@ class BaseLockManager:
         if not isinstance(raise_on_timeout, bool):
             raise TypeError(f"raise_on_timeout must be a bool, not {type(raise_on_timeout).__name__}")
         self._raise_on_timeout = raise_on_timeout
+
+    def _check_names(self, key: object, holder: object) -> None:
+        """Raise the error for a bad key or holder. The acquire and release paths call it
+        only when their inline test (two ``str`` within the limits) fails."""
+        self._valid_key(key)
+        self._valid_holder(holder)
+
+    def _deadline(self, seconds: float | None) -> _Bounded | None:
+        """The scope that carries a call's deadline down to the store's calls (read there
+        through ``call_budget``), or ``None`` when there is none to carry: no timeout, a
+        store that cannot stall, or a deadline already set by the call around this one."""
+        if not self._bounds_calls or seconds is None or seconds == math.inf or _call_deadline.get() is not None:
+            return None
+        return _Bounded(seconds)
 
     def _valid_key(self, key: object) -> str:
         return check_key(key, self.max_key_length, type(self).__name__)
@@ -501,9 +518,8 @@ class BaseLockManager:
         if (
             type(key) is not str or type(holder) is not str
             or len(key) > self.max_key_length or len(holder) > self.max_holder_length
-        ):
-            self._valid_key(key)
-            self._valid_holder(holder)
+        ):  # inline, not in _check_names: the hot path pays no call
+            self._check_names(key, holder)
         other = self._release(key, holder)
         if other is not None:
             raise NotLockHolder(key, holder, other)
@@ -513,9 +529,8 @@ class BaseLockManager:
         if (
             type(key) is not str or type(holder) is not str
             or len(key) > self.max_key_length or len(holder) > self.max_holder_length
-        ):
-            self._valid_key(key)
-            self._valid_holder(holder)
+        ):  # inline, not in _check_names: the hot path pays no call
+            self._check_names(key, holder)
         other = await self._arelease(key, holder)
         if other is not None:
             raise NotLockHolder(key, holder, other)
@@ -543,14 +558,14 @@ class BaseLockManager:
         timeout. ``timeout=0`` checks once; ``None`` waits forever."""
         self._valid_key(key)
         seconds = check_timeout(timeout, "timeout")
-        with _Bounded(seconds):
+        with self._deadline(seconds) or _UNBOUNDED:
             return self._run(self._wait_flow(key, seconds))
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Async form of :meth:`wait_for_lock`."""
         self._valid_key(key)
         seconds = check_timeout(timeout, "timeout")
-        with _Bounded(seconds):
+        with self._deadline(seconds) or _UNBOUNDED:
             return await self._arun(self._wait_flow(key, seconds))
 
     # ------------------------------------------------------------------ the rich API
@@ -563,14 +578,14 @@ class BaseLockManager:
         if (
             type(key) is not str or type(holder) is not str
             or len(key) > self.max_key_length or len(holder) > self.max_holder_length
-        ):
-            self._valid_key(key)  # the common case costs the four tests above
-            self._valid_holder(holder)
+        ):  # inline, not in _check_names: the hot path pays no call
+            self._check_names(key, holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
-        if self._bounds_calls and wait is not None and wait != math.inf and _call_deadline.get() is None:
-            with _Bounded(wait):  # the store's calls end by the deadline too (call_budget)
+        scope = self._deadline(wait)
+        if scope is not None:
+            with scope:  # the same call, now with the deadline set
                 return self.acquire_lease(key, holder, wait, ttl)
         first = self._try_acquire(key, holder, ttl, None)
         if isinstance(first, Lease):
@@ -587,14 +602,14 @@ class BaseLockManager:
         if (
             type(key) is not str or type(holder) is not str
             or len(key) > self.max_key_length or len(holder) > self.max_holder_length
-        ):
-            self._valid_key(key)
-            self._valid_holder(holder)
+        ):  # inline, not in _check_names: the hot path pays no call
+            self._check_names(key, holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         if ttl is not None:
             ttl = check_hold_timeout(ttl, "hold_timeout")
-        if self._bounds_calls and wait is not None and wait != math.inf and _call_deadline.get() is None:
-            with _Bounded(wait):
+        scope = self._deadline(wait)
+        if scope is not None:
+            with scope:
                 return await self.aacquire_lease(key, holder, wait, ttl)
         first = None
         if self._local_attempts:
@@ -718,15 +733,13 @@ def _rebuild(cls: type[BaseLockManager], kwargs: dict[str, Any]) -> BaseLockMana
 class _Hold:
     """One hold shared by the nested (or concurrent) blocks of one holder on one key.
 
-    ``count`` is the number of blocks inside it or entering it; the store is released when
-    it drops to zero. Each block that takes part is in ``blocks``; a lost hold marks them
-    all.
+    ``blocks`` are the blocks inside it or entering it; the store is released when the last
+    leaves. A lost hold marks them all.
     """
 
-    __slots__ = ("blocks", "count", "guard", "job", "lease", "lost")
+    __slots__ = ("blocks", "guard", "job", "lease", "lost")
 
     def __init__(self) -> None:
-        self.count = 0
         self.lease: Lease | None = None
         self.lost = False
         self.job: _scheduler.Job | None = None
@@ -827,7 +840,6 @@ class LockContext:
             hold = _holds.get(ident)
             if hold is None or hold.lost:
                 hold = _holds[ident] = _Hold()
-            hold.count += 1
             hold.blocks.append(self)
             self._hold = hold
             self.lost = False
@@ -854,9 +866,8 @@ class LockContext:
     def _drop(self, hold: _Hold) -> bool:
         """Leave the hold; ``True`` if this was its last block (then the store is released)."""
         with _holds_mutex:
-            hold.count -= 1
             hold.blocks.remove(self)
-            if hold.count:
+            if hold.blocks:
                 return False
             ident = (id(self.manager), self.key, self.holder)
             if _holds.get(ident) is hold:
@@ -867,7 +878,7 @@ class LockContext:
     def _renew(manager: BaseLockManager, hold: _Hold, ttl: float) -> bool:
         with hold.guard:
             lease = hold.lease
-            if lease is None or hold.lost or not hold.count:
+            if lease is None or hold.lost or not hold.blocks:
                 return False
             new = manager._extend(lease.key, lease.holder, lease.token, ttl)
             if new is not None:

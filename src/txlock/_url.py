@@ -168,12 +168,11 @@ def from_url(url: str | None = None, **options: Any) -> BaseLockManager:
     """
     if url is not None:
         return _from_url(url, options)
-    url = default_url()
-    if not os.environ.get("TXLOCK_URL", "").strip():
-        return _from_url(url, options)
     try:
-        return _from_url(url, options)
+        return _from_url(default_url(), options)
     except ConfigurationError as exc:
+        if not os.environ.get("TXLOCK_URL", "").strip():
+            raise  # the embedded default's own error
         raise ConfigurationError(f"$TXLOCK_URL: {exc}") from exc
 
 

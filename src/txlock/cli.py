@@ -970,20 +970,23 @@ def _cli() -> click.Group:
     return cli
 
 
-#: Options of ``txlock`` and ``txlock run`` that take a value (``--opt VALUE``).
-_VALUE_OPTIONS = frozenset({"--url", "--holder", "--timeout", "--ttl", "--kill-after"})
-
-
-def _run_without_key(options: Sequence[str]) -> bool:
+def _run_without_key(cli: click.Group, options: Sequence[str]) -> bool:
     """Whether ``options`` (the arguments before ``--``) are a ``run`` with no KEY.
 
     click would take the command's first word as the key (``txlock run -- echo hi`` would
     lock ``echo`` and run ``hi``).
     """
+    import click
+
+    run = cli.commands["run"]
+    takes_value = {
+        name for param in [*cli.params, *run.params]
+        if isinstance(param, click.Option) and not param.is_flag for name in param.opts
+    }
     words = iter(options)
     seen_run = False
     for word in words:
-        if word in _VALUE_OPTIONS:
+        if word in takes_value:
             next(words, None)
         elif word.startswith("-"):
             continue
@@ -1010,7 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     out = _Out("--json" in options)
     logging.getLogger("txlock").addHandler(_LogHandler(out))
     cli = _cli()
-    if _run_without_key(options) and "--" in args:
+    if "--" in args and _run_without_key(cli, options):
         out.error(CliError(USAGE, "usage", "txlock run needs a KEY before '--': txlock run KEY [OPTIONS] -- COMMAND "
                            "[ARGS]... (see 'txlock run --help')"))
         sys.exit(USAGE)

@@ -689,7 +689,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-class _Bounded:
+class _DeadlineConnection:
     """A redis-py connection whose connects and reads end by the current call's deadline.
 
     An acquire or wait with a timeout sets that deadline (``call_budget``); the socket
@@ -705,14 +705,13 @@ class _Bounded:
     def connect(self) -> None:
         budget = call_budget()
         saved = self.socket_connect_timeout
-        if budget is not None and self._sock is None and (saved is None or budget < saved):
-            self.socket_connect_timeout = budget
-            try:
-                super().connect()  # type: ignore[misc]
-            finally:
-                self.socket_connect_timeout = saved
-            return
-        super().connect()  # type: ignore[misc]
+        if budget is None or self._sock is not None or (saved is not None and budget >= saved):
+            return super().connect()  # type: ignore[misc,no-any-return]
+        self.socket_connect_timeout = budget
+        try:
+            super().connect()  # type: ignore[misc]
+        finally:
+            self.socket_connect_timeout = saved
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         budget = call_budget()
@@ -727,15 +726,15 @@ class _Bounded:
                 sock.settimeout(self.socket_timeout)
 
 
-class _TcpConnection(_Bounded, redis.connection.Connection):
+class _TcpConnection(_DeadlineConnection, redis.connection.Connection):
     pass
 
 
-class _TlsConnection(_Bounded, redis.connection.SSLConnection):
+class _TlsConnection(_DeadlineConnection, redis.connection.SSLConnection):
     pass
 
 
-class _UnixConnection(_Bounded, redis.connection.UnixDomainSocketConnection):
+class _UnixConnection(_DeadlineConnection, redis.connection.UnixDomainSocketConnection):
     pass
 
 

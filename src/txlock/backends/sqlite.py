@@ -232,7 +232,6 @@ def _check_path(path: str) -> None:
             )
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ConfigurationError(f"cannot use SQLite lock database {path}: not a regular file")
-        _check_header(path)
 
 
 #: The first 16 bytes of every SQLite 3 database file.
@@ -326,7 +325,7 @@ class _Conn:
         return value
 
     def _open(self) -> sqlite3.Connection:
-        _check_header(self.db.path)  # the file may have been replaced since the last connection
+        _check_header(self.db.path)  # before SQLite sees it, on every connection (it may be replaced)
         cx = sqlite3.connect(self.db.path, timeout=self.busy, isolation_level=None, check_same_thread=False)
         try:
             cx.create_function("txlock_alive", 1, self.db.alive)
