@@ -18,34 +18,20 @@ Run with the benchmark environment (Prefect installed): ``python benchmarks/benc
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import txlock
-from _harness import Row, pct, per_op, report
+from _common import CTX, contend, entered, flock_ops, prefect_fs, prefect_per_op, scratch
+from _harness import Row, floor_and_ours, pct, report, timed_keys
+from _sizes import CONTENTION_SECONDS, HANDOFFS, MANY_KEYS, PREFECT_HANDOFFS
 
-CTX = mp.get_context("spawn")
-HANDOFFS = 300
-CONTENTION_SECONDS = 3.0
-HELD_KEYS = 10_000
+HELD_KEYS = MANY_KEYS
 PAYLOAD = b"x" * 64
-
-
-def prefect_fs(directory: str) -> Any:
-    """Prefect's FileSystemLockManager, or None when Prefect is not installed."""
-    try:
-        from prefect.locking.filesystem import FileSystemLockManager
-    except ImportError:
-        return None
-    return FileSystemLockManager(Path(directory))
 
 
 def manager(kind: str, directory: str) -> Any:
@@ -55,6 +41,7 @@ def manager(kind: str, directory: str) -> Any:
 
 
 def fds() -> int:
+    """Descriptors open in this process."""
     try:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
@@ -68,12 +55,6 @@ def uncontended(tmp: Path) -> Row:
     m = txlock.FileSystemLockManager(tmp / "unc")
     floor_dir = os.open(tmp / "unc", os.O_RDONLY | os.O_DIRECTORY)
 
-    def ours(n: int) -> None:
-        acquire, release = m.acquire_lock, m.release_lock
-        for _ in range(n):
-            acquire("bench:k", "me")
-            release("bench:k", "me")
-
     def floor(n: int) -> None:
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
         for _ in range(n):
@@ -82,23 +63,8 @@ def uncontended(tmp: Path) -> Row:
             os.close(fd)
             os.unlink("floor", dir_fd=floor_dir)
 
-    n = 5000
-    # Interleaved, so that machine noise hits both alike.
-    t_floor = min(per_op(floor, n, repeat=3) for _ in range(2))
-    t_ours = min(per_op(ours, n, repeat=3) for _ in range(2))
-    t_floor = min(t_floor, per_op(floor, n, repeat=3))
-    t_ours = min(t_ours, per_op(ours, n, repeat=3))
-
-    pm = prefect_fs(str(tmp / "unc-prefect"))
-    t_prefect = None
-    if pm is not None:
-
-        def theirs(k: int) -> None:
-            for _ in range(k):
-                pm.acquire_lock("bench:k", "me")
-                pm.release_lock("bench:k", "me")
-
-        t_prefect = per_op(theirs, 500, repeat=3)
+    t_floor, t_ours = floor_and_ours(floor, m, "bench:k", 5000, ours_last=True)
+    t_prefect = prefect_per_op(prefect_fs(tmp / "unc-prefect"), "bench:k", 500)
     met = t_ours <= 2 * t_floor and (t_prefect is None or t_ours * 5 <= t_prefect)
     os.close(floor_dir)
     m.close()
@@ -115,15 +81,7 @@ def uncontended(tmp: Path) -> Row:
 def _handoff_side(kind: str, directory: str, me: int, rounds: int, conn: Any) -> None:
     """Ping-pong: each side takes the lock in turn; returns [(round, released_at | acquired_at)]."""
     if kind == "flock":
-        path = os.path.join(directory, "flock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-
-        def acquire() -> None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-
-        def release() -> None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
+        acquire, release = flock_ops(os.path.join(directory, "flock"))
     else:
         m = manager(kind, directory)
 
@@ -157,7 +115,7 @@ def _handoff_side(kind: str, directory: str, me: int, rounds: int, conn: Any) ->
 
 
 def handoff(kind: str, tmp: Path, rounds: int) -> list[float] | None:
-    if kind == "prefect" and prefect_fs(str(tmp)) is None:
+    if kind == "prefect" and prefect_fs(tmp) is None:
         return None
     directory = str(tmp / f"handoff-{kind}")
     os.makedirs(directory, exist_ok=True)
@@ -198,14 +156,7 @@ def handoff(kind: str, tmp: Path, rounds: int) -> list[float] | None:
 def _contend(kind: str, directory: str, seconds: float, start: Any, out: Any) -> None:
     marker = os.path.join(directory, "inside")
     if kind == "flock":
-        fd = os.open(os.path.join(directory, "flock"), os.O_RDWR | os.O_CREAT, 0o600)
-
-        def acquire() -> None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-
-        def release() -> None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
+        acquire, release = flock_ops(os.path.join(directory, "flock"))
     else:
         m = manager(kind, directory)
         me = f"p{os.getpid()}"
@@ -228,13 +179,8 @@ def _contend(kind: str, directory: str, seconds: float, start: Any, out: Any) ->
         except Exception:  # Prefect's manager raises on torn reads; count and go on
             errors += 1
             continue
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
+        if not entered(marker):
             overlaps += 1
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
         try:
             release()
         except Exception:
@@ -243,27 +189,14 @@ def _contend(kind: str, directory: str, seconds: float, start: Any, out: Any) ->
     out.put((n, overlaps, errors))
 
 
-def contention(kind: str, tmp: Path, seconds: float) -> tuple[float, int, int] | None:
-    if kind == "prefect" and prefect_fs(str(tmp)) is None:
+def contention(kind: str, tmp: Path, seconds: float) -> tuple[Any, ...] | None:
+    """(operations per second, overlaps, errors) of 4 processes, or None without Prefect."""
+    if kind == "prefect" and prefect_fs(tmp) is None:
         return None
     directory = str(tmp / f"contend-{kind}")
     os.makedirs(directory, exist_ok=True)
-    start, out = CTX.Event(), CTX.Queue()
-    procs = [CTX.Process(target=_contend, args=(kind, directory, seconds, start, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)  # let the spawned interpreters finish importing
-    start.set()
-    try:
-        results = [out.get(timeout=seconds + 60) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    total = sum(n for n, _, _ in results)
-    return total / seconds, sum(o for _, o, _ in results), sum(e for _, _, e in results)
+    # The start is given 1 s after the spawn: let the interpreters finish importing.
+    return contend(_contend, (kind, directory, seconds), 4, seconds, settle=1.0)
 
 
 # ---------------------------------------------------------------------- many held keys
@@ -273,13 +206,8 @@ def held_keys(tmp: Path) -> list[Row]:
     rows = []
     m = txlock.FileSystemLockManager(tmp / "held")
     m.acquire_lock("warm-up", "me")  # makes this process's life file
-    before = fds()
-    t0 = time.perf_counter()
-    for i in range(HELD_KEYS):
-        m.acquire_lock(f"held:{i}", "me")
-    t_ours = (time.perf_counter() - t0) / HELD_KEYS
+    t_ours, fds_ours = timed_keys(lambda i: m.acquire_lock(f"held:{i}", "me"), HELD_KEYS, fds)
     files_ours = sum(1 for _ in os.scandir(tmp / "held"))
-    fds_ours = fds() - before
     t0 = time.perf_counter()
     listed = len(m.list_locks("held:"))
     t_list = time.perf_counter() - t0
@@ -288,24 +216,20 @@ def held_keys(tmp: Path) -> list[Row]:
     floor_dir = tmp / "held-floor"
     floor_dir.mkdir()
     dfd = os.open(floor_dir, os.O_RDONLY | os.O_DIRECTORY)
-    t0 = time.perf_counter()
-    for i in range(HELD_KEYS):
+
+    def floor(i: int) -> None:
         fd = os.open(f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=dfd)
         os.write(fd, PAYLOAD)
         os.close(fd)
-    t_floor = (time.perf_counter() - t0) / HELD_KEYS
+
+    t_floor, _ = timed_keys(floor, HELD_KEYS)
     os.close(dfd)
 
-    pm = prefect_fs(str(tmp / "held-prefect"))
+    pm = prefect_fs(tmp / "held-prefect")
     t_prefect = files_prefect = fds_prefect = None
     if pm is not None:
-        before = fds()
-        t0 = time.perf_counter()
-        for i in range(HELD_KEYS):
-            pm.acquire_lock(f"held:{i}", "me")
-        t_prefect = (time.perf_counter() - t0) / HELD_KEYS
+        t_prefect, fds_prefect = timed_keys(lambda i: pm.acquire_lock(f"held:{i}", "me"), HELD_KEYS, fds)
         files_prefect = sum(1 for _ in os.scandir(tmp / "held-prefect"))
-        fds_prefect = fds() - before
     pname = "Prefect FileSystemLockManager" if pm is not None else "Prefect not installed"
     rows.append(Row(f"{HELD_KEYS:,} held keys: acquire each", "s", t_ours, t_floor, "O_EXCL create+write 64 B+close",
                     t_prefect, pname))
@@ -326,13 +250,12 @@ def held_keys(tmp: Path) -> list[Row]:
 
 def main() -> None:
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="txlock-bench-file-") as name:
-        tmp = Path(name)
+    with scratch("file") as tmp:
         rows.append(uncontended(tmp))
 
         ours = handoff("txlock", tmp, HANDOFFS)
         floor = handoff("flock", tmp, HANDOFFS)
-        theirs = handoff("prefect", tmp, 20)
+        theirs = handoff("prefect", tmp, PREFECT_HANDOFFS)
         assert ours is not None and floor is not None
         pname = "Prefect FileSystemLockManager" if theirs is not None else "Prefect not installed"
         for q in (50, 99):

@@ -21,15 +21,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import txlock
-from _harness import Row, pct, per_op, report
+from _common import prefect_manager
+from _harness import Row, pct, per_op, report, step
+from _sizes import HANDOFFS, MANY_KEYS, sized
+
+TASK_HANDOFFS = sized(500, 10)
+CONTENTION_SECONDS = sized(1.0, 0.2)
+HOLDS = MANY_KEYS
+EXPIRIES, PREFECT_EXPIRIES = sized((20, 5), (3, 2))
 
 
 def prefect_memory() -> Any | None:
-    try:
-        from prefect.locking.memory import MemoryLockManager
-    except ImportError:
-        return None
-    return MemoryLockManager()
+    return prefect_manager("prefect.locking.memory", "MemoryLockManager")
 
 
 # ---------------------------------------------------------------- uncontended
@@ -80,7 +83,7 @@ def bare_async_lock(n: int) -> None:
 
 
 def handoff_threads(acquire: Callable[[], object], release: Callable[[], object],
-                    waiting: Callable[[], bool], rounds: int = 300) -> list[float]:
+                    waiting: Callable[[], bool], rounds: int = HANDOFFS) -> list[float]:
     """Holder releases at t0; the blocked waiter returns at t1; sample t1 - t0."""
     samples: list[float] = []
     for _ in range(rounds):
@@ -108,7 +111,7 @@ def handoff_threads(acquire: Callable[[], object], release: Callable[[], object]
     return samples
 
 
-def handoff_tasks(m: Any | None, rounds: int = 500) -> list[float]:
+def handoff_tasks(m: Any | None, rounds: int = TASK_HANDOFFS) -> list[float]:
     async def go() -> list[float]:
         samples = []
         lock = asyncio.Lock()
@@ -148,7 +151,7 @@ def handoff_tasks(m: Any | None, rounds: int = 500) -> list[float]:
 
 
 def contention(acquire: Callable[[str], object], release: Callable[[str], object],
-               threads: int = 8, seconds: float = 1.0) -> tuple[float, int]:
+               threads: int = 8, seconds: float = CONTENTION_SECONDS) -> tuple[float, int]:
     """Acquisitions per second of ``threads`` threads on one key, and overlaps seen."""
     state = {"inside": 0, "overlaps": 0}
     counts = [0] * threads
@@ -211,7 +214,7 @@ class FairLock:
 # ---------------------------------------------------------------- many holds, expiry
 
 
-def many_holds(m: Any, n: int = 10_000) -> tuple[float, float, int]:
+def many_holds(m: Any, n: int = HOLDS) -> tuple[float, float, int]:
     """Time (untraced), then peak memory (traced, a second pass) and threads started."""
     keys = [f"many{i}" for i in range(n)]
     gc.collect()
@@ -234,7 +237,7 @@ def many_holds(m: Any, n: int = 10_000) -> tuple[float, float, int]:
     return elapsed, peak / 2**20, threads
 
 
-def expiry_lateness(m: Any, rounds: int = 20, ttl: float = 0.2) -> list[float]:
+def expiry_lateness(m: Any, rounds: int = EXPIRIES, ttl: float = 0.2) -> list[float]:
     samples = []
     for i in range(rounds):
         m.acquire_lock(f"exp{i}", "a", hold_timeout=ttl)
@@ -243,10 +246,6 @@ def expiry_lateness(m: Any, rounds: int = 20, ttl: float = 0.2) -> list[float]:
         samples.append(time.perf_counter() - granted - ttl)
         m.release_lock(f"exp{i}", "b")
     return samples
-
-
-def step(what: str) -> None:
-    print(f"... {what}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -314,19 +313,19 @@ def main() -> None:
                     "FIFO lock of threading primitives", None, "",
                     note="txlock serves waiters in arrival order", lower_is_better=False))
 
-    step("10,000 holds")
+    step(f"{HOLDS:,} holds")
     t, mib, threads = many_holds(ours)
     pt = pmib = pthreads = None
     if theirs is not None:
         pt, pmib, pthreads = many_holds(theirs)
-    rows.append(Row("10,000 holds with hold_timeout=60: time", "s", t, None, "", pt, pname, "< 100 ms", t < 0.1))
-    rows.append(Row("10,000 holds: peak memory", "MiB", mib, None, "", pmib, pname, "< 20 MiB", mib < 20))
-    rows.append(Row("10,000 holds: extra threads", "", float(threads), None, "",
+    rows.append(Row(f"{HOLDS:,} holds with hold_timeout=60: time", "s", t, None, "", pt, pname, "< 100 ms", t < 0.1))
+    rows.append(Row(f"{HOLDS:,} holds: peak memory", "MiB", mib, None, "", pmib, pname, "< 20 MiB", mib < 20))
+    rows.append(Row(f"{HOLDS:,} holds: extra threads", "", float(threads), None, "",
                     float(pthreads) if pthreads is not None else None, pname, "0", threads == 0))
 
     step("expiry")
     late = expiry_lateness(ours)
-    plate = expiry_lateness(theirs, rounds=5) if theirs is not None else None
+    plate = expiry_lateness(theirs, rounds=PREFECT_EXPIRIES) if theirs is not None else None
     rows.append(Row("expiry lateness, hold_timeout=0.2, p50", "s", pct(late, 50), None, "",
                     pct(plate, 50) if plate else None, pname, "< 5 ms", pct(late, 50) < 0.005))
 

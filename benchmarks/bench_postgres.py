@@ -9,7 +9,6 @@ hand-off between two processes. Prefect has no PostgreSQL lock manager, so no pe
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 import time
@@ -18,18 +17,22 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+import txlock
+from _common import CTX, scratch
 from _harness import Row, pct, per_op_interleaved, report
+from _sizes import HANDOFFS, MANY_KEYS, sized
 
 URL = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
     "TXLOCK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 PREFECT = "none (Prefect has no PostgreSQL manager)"
+UNCONTENDED = 1000
+CONTENTION_SECONDS = sized(5.0, 0.5)
+KEYS = MANY_KEYS
 
 
-def _manager(prefix: str):  # type: ignore[no-untyped-def]
-    from txlock.backends.postgres import PostgresLockManager
-
-    return PostgresLockManager(URL, prefix=prefix)
+def _manager(prefix: str, url: str = URL) -> Any:
+    return txlock.PostgresLockManager(url, prefix=prefix)
 
 
 def uncontended(n: int) -> tuple[float, float, float]:
@@ -85,9 +88,8 @@ def _notify_peer(url: str, rounds: int, ready: Any) -> None:
 def floor_notify(rounds: int) -> float:
     import psycopg
 
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    peer = ctx.Process(target=_notify_peer, args=(URL, rounds, ready))
+    ready = CTX.Event()
+    peer = CTX.Process(target=_notify_peer, args=(URL, rounds, ready))
     peer.start()
     samples = []
     with psycopg.connect(URL, autocommit=True) as listen, psycopg.connect(URL, autocommit=True) as talk:
@@ -104,9 +106,7 @@ def floor_notify(rounds: int) -> float:
 
 
 def _pingpong(url: str, prefix: str, rounds: int, log: str, worker: int, start: Any) -> None:
-    from txlock.backends.postgres import PostgresLockManager
-
-    m = PostgresLockManager(url, prefix=prefix)
+    m = _manager(prefix, url)
     m.is_locked("k")  # connect first
     start.wait()
     with open(log, "a", buffering=1) as out:
@@ -126,9 +126,8 @@ def handoff(rounds: int, tmp: Path) -> tuple[float, float, float]:
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
     log = tmp / f"handoff-{uuid.uuid4().hex[:6]}.log"
     log.touch()
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(2)
-    procs = [ctx.Process(target=_pingpong, args=(URL, prefix, rounds, str(log), i, start)) for i in range(2)]
+    start = CTX.Barrier(2)
+    procs = [CTX.Process(target=_pingpong, args=(URL, prefix, rounds, str(log), i, start)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -153,9 +152,7 @@ def handoff(rounds: int, tmp: Path) -> tuple[float, float, float]:
 
 
 def _contender(url: str, prefix: str, seconds: float, log: str, worker: int) -> None:
-    from txlock.backends.postgres import PostgresLockManager
-
-    m = PostgresLockManager(url, prefix=prefix)
+    m = _manager(prefix, url)
     end = time.monotonic() + seconds
     with open(log, "a", buffering=1) as out:
         while time.monotonic() < end:
@@ -172,8 +169,7 @@ def contention(seconds: float, tmp: Path) -> float:
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
     log = tmp / f"contention-{uuid.uuid4().hex[:6]}.log"
     log.touch()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_contender, args=(URL, prefix, seconds, str(log), i)) for i in range(4)]
+    procs = [CTX.Process(target=_contender, args=(URL, prefix, seconds, str(log), i)) for i in range(4)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -207,14 +203,12 @@ def many_keys(n: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp())
-    ours, insert_delete, advisory = uncontended(1000)
-    notify = floor_notify(300)
-    hand, release_call, after_return = handoff(300, tmp)
-    throughput = contention(5.0, tmp)
-    acquire_10k, list_10k, check_10k = many_keys(10_000)
+    ours, insert_delete, advisory = uncontended(UNCONTENDED)
+    notify = floor_notify(HANDOFFS)
+    with scratch("postgres") as tmp:
+        hand, release_call, after_return = handoff(HANDOFFS, tmp)
+        throughput = contention(CONTENTION_SECONDS, tmp)
+    acquire_10k, list_10k, check_10k = many_keys(KEYS)
     rows = [
         Row(
             "uncontended acquire+release",
@@ -224,10 +218,8 @@ def main() -> None:
             "INSERT ON CONFLICT + DELETE, unlogged",
             None,
             PREFECT,
-            target="<= 1.3x floor",
-            met=ours <= 1.3 * insert_delete,
             extra={"pg_try_advisory_lock+unlock": advisory},
-        ),
+        ).within(1.3),
         Row(
             "cross-process hand-off p50",
             "s",
@@ -236,9 +228,7 @@ def main() -> None:
             "NOTIFY -> LISTEN between processes",
             None,
             PREFECT,
-            target="<= 2x floor",
-            met=hand <= 2 * notify,
-        ),
+        ).within(2),
         Row(
             "4-process contention (exclusion checked)",
             "ops/s",
@@ -249,9 +239,9 @@ def main() -> None:
             PREFECT,
             lower_is_better=False,
         ),
-        Row("10,000 held keys: acquire each", "s", acquire_10k, insert_delete / 2, "INSERT (est.)", None, PREFECT),
-        Row("10,000 held keys: list_locks()", "s", list_10k, None, "", None, PREFECT),
-        Row("10,000 held keys: is_locked", "s", check_10k, advisory / 2, "one round trip (est.)", None, PREFECT),
+        Row(f"{KEYS:,} held keys: acquire each", "s", acquire_10k, insert_delete / 2, "INSERT (est.)", None, PREFECT),
+        Row(f"{KEYS:,} held keys: list_locks()", "s", list_10k, None, "", None, PREFECT),
+        Row(f"{KEYS:,} held keys: is_locked", "s", check_10k, advisory / 2, "one round trip (est.)", None, PREFECT),
     ]
     report(
         "postgres",

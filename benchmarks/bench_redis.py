@@ -21,10 +21,8 @@ Run with the benchmark environment (Prefect installed): ``python benchmarks/benc
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,18 +33,16 @@ import redis
 from redis.lock import Lock
 
 import txlock
-from _harness import Row, pct, per_op, report
+from _common import Op, contend, entered, handoff, manager_ops, prefect_manager, prefect_per_op, scratch
+from _harness import Row, floor_and_ours, pct, per_op, report, step, timed_keys
+from _sizes import CONTENTION_SECONDS, HANDOFFS, MANY_KEYS, PREFECT_HANDOFFS
 
 SERVER = os.environ.get("TXLOCK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Spawned children re-import this module: they inherit the run id through the environment.
 RUN = os.environ.setdefault("TXLOCK_BENCH_RUN", uuid.uuid4().hex[:8])
 PREFIX = f"txlock-bench:{RUN}:"
-CTX = mp.get_context("spawn")
-HANDOFFS = 300
-PREFECT_HANDOFFS = 20
-CONTENTION_SECONDS = 3.0
 PROCESSES = 8
-HELD_KEYS = 10_000
+HELD_KEYS = MANY_KEYS
 
 
 def url() -> str:
@@ -59,11 +55,12 @@ def raw() -> redis.Redis:
 
 def prefect_redis() -> Any:
     """prefect-redis's RedisLockManager on the same server, or None when not installed."""
-    try:
-        from prefect_redis.locking import RedisLockManager
-    except ImportError:
-        return None
-    return RedisLockManager(connection_url=SERVER)
+    return prefect_manager("prefect_redis.locking", "RedisLockManager", connection_url=SERVER)
+
+
+def peer(measured: object) -> str:
+    """The Prefect column's label: prefect-redis's manager, or why there is no number."""
+    return "prefect-redis RedisLockManager" if measured is not None else "prefect-redis not installed"
 
 
 def cleanup() -> None:
@@ -82,12 +79,6 @@ def uncontended() -> Row:
     m = txlock.from_url(url())
     r = raw()
 
-    def ours(n: int) -> None:
-        acquire, release = m.acquire_lock, m.release_lock
-        for _ in range(n):
-            acquire("u", "me")
-            release("u", "me")
-
     def floor(n: int) -> None:
         set_, delete = r.set, r.delete
         for _ in range(n):
@@ -101,66 +92,25 @@ def uncontended() -> Row:
             lock.release()
 
     n = 3000
-    t_floor = min(per_op(floor, n, repeat=3) for _ in range(2))
-    t_ours = min(per_op(ours, n, repeat=3) for _ in range(2))
-    t_floor = min(t_floor, per_op(floor, n, repeat=3))
+    t_floor, t_ours = floor_and_ours(floor, m, "u", n)
     t_rlock = per_op(redis_lock, n, repeat=3)
-    p = prefect_redis()
-    t_prefect = None
-    if p is not None:
-        key = f"bench{RUN}:prefect-u"
-
-        def theirs(n: int) -> None:
-            for _ in range(n):
-                p.acquire_lock(key, "me")
-                p.release_lock(key, "me")
-
-        t_prefect = per_op(theirs, 1000, repeat=3)
+    t_prefect = prefect_per_op(prefect_redis(), f"bench{RUN}:prefect-u", 1000)
     m.close()
     r.close()
     return Row(
         "uncontended acquire+release", "s", t_ours, t_floor, "SET NX PX + DEL (2 round trips)",
-        t_prefect, "prefect-redis RedisLockManager" if p is not None else "prefect-redis not installed",
-        target="<= 1.25x floor", met=t_ours <= 1.25 * t_floor,
-        note=f"redis-py Lock {t_rlock * 1e6:.0f} us",
-        extra={"redis_py_lock": t_rlock},
-    )
+        t_prefect, peer(t_prefect), note=f"redis-py Lock {t_rlock * 1e6:.0f} us", extra={"redis_py_lock": t_rlock},
+    ).within(1.25)
 
 
 # ---------------------------------------------------------------------- hand-off
 
 
-def _handoff_child(kind: str, target: str, conn: Any, rounds: int) -> None:
+def handoff_ops(kind: str, target: str, role: str) -> tuple[Op, Op, Op]:
+    """What each side of a hand-off does (see ``_common.handoff``); the floor's parent
+    ``LPUSH``es what the child's ``BLPOP`` waits for."""
     if kind == "txlock":
         m = txlock.from_url(target)
-        acquire = lambda: m.acquire_lock("handoff", "child")  # noqa: E731
-        release = lambda: m.release_lock("handoff", "child")  # noqa: E731
-    elif kind == "prefect":
-        p = prefect_redis()
-        key = f"bench{RUN}:prefect-handoff"
-        acquire = lambda: p.acquire_lock(key, "child")  # noqa: E731
-        release = lambda: p.release_lock(key, "child")  # noqa: E731
-    else:
-        r = redis.Redis.from_url(target)
-        acquire = lambda: r.blpop([f"bench{RUN}:signal"], 0)  # noqa: E731
-        release = lambda: None  # noqa: E731
-    for _ in range(rounds):
-        conn.recv()
-        conn.send("ready")
-        acquire()
-        t1 = time.monotonic()
-        release()
-        conn.send(t1)
-
-
-def handoff(kind: str, rounds: int) -> list[float]:
-    """Samples of release (here) -> acquire returns (in a spawned process)."""
-    r = raw()
-    target = url() if kind == "txlock" else SERVER
-    if kind == "txlock":
-        m = txlock.from_url(target)
-        acquire = lambda: m.acquire_lock("handoff", "parent")  # noqa: E731
-        release = lambda: m.release_lock("handoff", "parent")  # noqa: E731
 
         def queued() -> None:
             while True:
@@ -168,53 +118,39 @@ def handoff(kind: str, rounds: int) -> list[float]:
                 if info is not None and info.waiters:
                     return
 
-    elif kind == "prefect":
-        p = prefect_redis()
-        key = f"bench{RUN}:prefect-handoff"
-        acquire = lambda: p.acquire_lock(key, "parent")  # noqa: E731
-        release = lambda: p.release_lock(key, "parent")  # noqa: E731
+        return (*manager_ops(m, "handoff", role), queued)
+    if kind == "prefect":
 
-        def queued() -> None:
+        def polling() -> None:
             time.sleep(0.15)  # it polls every 100 ms: let it start polling
 
-    else:
-        acquire = lambda: None  # noqa: E731
-        release = lambda: r.lpush(f"bench{RUN}:signal", b"go")  # noqa: E731
+        return (*manager_ops(prefect_redis(), f"bench{RUN}:prefect-handoff", role), polling)
+    r = redis.Redis.from_url(target)
+    signal = f"bench{RUN}:signal"
+    if role == "child":
+        return (lambda: r.blpop([signal], 0)), (lambda: None), (lambda: None)
 
-        def queued() -> None:
-            while int(r.info("clients")["blocked_clients"]) < 1:
-                pass
+    def blocked() -> None:
+        while int(r.info("clients")["blocked_clients"]) < 1:
+            pass
 
-    parent, child = CTX.Pipe()
-    proc = CTX.Process(target=_handoff_child, args=(kind, target, child, rounds))
-    proc.start()
-    samples = []
-    for _ in range(rounds):
-        acquire()
-        parent.send("go")
-        parent.recv()
-        queued()
-        t0 = time.monotonic()
-        release()
-        samples.append(parent.recv() - t0)
-    proc.join(60)
-    r.close()
-    return samples
+    return (lambda: None), (lambda: r.lpush(signal, b"go")), blocked
+
+
+def handoff_samples(kind: str, rounds: int) -> list[float]:
+    return handoff(handoff_ops, kind, url() if kind == "txlock" else SERVER, rounds)
 
 
 def handoff_row() -> Row:
-    floor = handoff("floor", HANDOFFS)
-    ours = handoff("txlock", HANDOFFS)
-    theirs = handoff("prefect", PREFECT_HANDOFFS) if prefect_redis() is not None else None
+    floor = handoff_samples("floor", HANDOFFS)
+    ours = handoff_samples("txlock", HANDOFFS)
+    theirs = handoff_samples("prefect", PREFECT_HANDOFFS) if prefect_redis() is not None else None
     p50, floor50 = pct(ours, 50), pct(floor, 50)
     return Row(
         "cross-process hand-off p50", "s", p50, floor50, "LPUSH -> BLPOP between processes",
-        pct(theirs, 50) if theirs else None,
-        "prefect-redis RedisLockManager" if theirs else "prefect-redis not installed",
-        target="<= 2x floor", met=p50 <= 2 * floor50,
-        note=f"p99 {pct(ours, 99) * 1e3:.2f} ms",
+        pct(theirs, 50) if theirs else None, peer(theirs), note=f"p99 {pct(ours, 99) * 1e3:.2f} ms",
         extra={"p99": pct(ours, 99), "floor_p99": pct(floor, 99)},
-    )
+    ).within(2)
 
 
 # ---------------------------------------------------------------------- contention
@@ -224,14 +160,9 @@ def _contender(kind: str, target: str, marker: str, seconds: float, start: Any, 
     pid = os.getpid()
     holder = f"c{pid}"
     if kind == "txlock":
-        m = txlock.from_url(target)
-        acquire = lambda: m.acquire_lock("hot", holder)  # noqa: E731
-        release = lambda: m.release_lock("hot", holder)  # noqa: E731
+        acquire, release = manager_ops(txlock.from_url(target), "hot", holder)
     elif kind == "prefect":
-        p = prefect_redis()
-        key = f"bench{RUN}:prefect-hot"
-        acquire = lambda: p.acquire_lock(key, holder)  # noqa: E731
-        release = lambda: p.release_lock(key, holder)  # noqa: E731
+        acquire, release = manager_ops(prefect_redis(), f"bench{RUN}:prefect-hot", holder)
     else:
         r = redis.Redis.from_url(target)
         name = f"bench{RUN}:floor-hot"
@@ -247,32 +178,20 @@ def _contender(kind: str, target: str, marker: str, seconds: float, start: Any, 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         acquire()
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.close(fd)
-            os.unlink(marker)
-        except FileExistsError:
+        if not entered(marker):
             overlaps += 1
         release()
         count += 1
     out.put((count, overlaps))
 
 
-def contention(kind: str) -> tuple[float, int]:
+def contention(kind: str) -> tuple[Any, ...]:
+    """(operations per second, overlaps) of PROCESSES processes."""
     target = url() if kind == "txlock" else SERVER
-    with tempfile.TemporaryDirectory() as tmp:
-        marker = os.path.join(tmp, "inside")
-        start, out = CTX.Event(), CTX.Queue()
-        procs = [CTX.Process(target=_contender, args=(kind, target, marker, CONTENTION_SECONDS, start, out))
-                 for _ in range(PROCESSES)]
-        for proc in procs:
-            proc.start()
-        time.sleep(1.5)  # let every process import and connect before the clock starts
-        start.set()
-        results = [out.get(timeout=120) for _ in procs]
-        for proc in procs:
-            proc.join(60)
-    return sum(c for c, _ in results) / CONTENTION_SECONDS, sum(o for _, o in results)
+    with scratch("redis") as tmp:
+        args = (kind, target, str(tmp / "inside"), CONTENTION_SECONDS)
+        # The start is given 1.5 s after the spawn: let every process import and connect.
+        return contend(_contender, args, PROCESSES, CONTENTION_SECONDS, settle=1.5)
 
 
 def contention_row() -> Row:
@@ -281,7 +200,7 @@ def contention_row() -> Row:
     theirs = contention("prefect")[0] if prefect_redis() is not None else None
     return Row(
         f"{PROCESSES}-process contention on one key", "ops/s", ours, floor, "SET NX PX + DEL spin",
-        theirs, "prefect-redis RedisLockManager" if theirs is not None else "prefect-redis not installed",
+        theirs, peer(theirs),
         target="0 overlaps", met=overlaps == 0, lower_is_better=False, note=f"{overlaps} overlaps",
     )
 
@@ -289,52 +208,34 @@ def contention_row() -> Row:
 # ---------------------------------------------------------------------- many held keys
 
 
-def used_memory(r: redis.Redis) -> int:
-    return int(r.info("memory")["used_memory"])
-
-
 def held_keys_rows() -> list[Row]:
     r = raw()
+
+    def used_mib() -> float:
+        return int(r.info("memory")["used_memory"]) / 2**20
+
     m = txlock.from_url(url())
-    before = used_memory(r)
-    t0 = time.perf_counter()
-    for i in range(HELD_KEYS):
-        m.acquire_lock(f"held:{i}", "me")
-    t_ours = (time.perf_counter() - t0) / HELD_KEYS
-    mem_ours = (used_memory(r) - before) / 2**20
+    t_ours, mem_ours = timed_keys(lambda i: m.acquire_lock(f"held:{i}", "me"), HELD_KEYS, used_mib)
     for i in range(HELD_KEYS):
         m.release_lock(f"held:{i}", "me")
     m.close()
 
-    before = used_memory(r)
-    t0 = time.perf_counter()
-    for i in range(HELD_KEYS):
-        r.set(f"bench{RUN}:held:{i}", b"me", nx=True, px=600_000)
-    t_floor = (time.perf_counter() - t0) / HELD_KEYS
-    mem_floor = (used_memory(r) - before) / 2**20
-
+    t_floor, mem_floor = timed_keys(lambda i: r.set(f"bench{RUN}:held:{i}", b"me", nx=True, px=600_000), HELD_KEYS,
+                                    used_mib)
     p = prefect_redis()
     t_prefect = mem_prefect = None
     if p is not None:
-        before = used_memory(r)
-        t0 = time.perf_counter()
-        for i in range(HELD_KEYS):
-            p.acquire_lock(f"bench{RUN}:pheld:{i}", "me")
-        t_prefect = (time.perf_counter() - t0) / HELD_KEYS
-        mem_prefect = (used_memory(r) - before) / 2**20
+        t_prefect, mem_prefect = timed_keys(lambda i: p.acquire_lock(f"bench{RUN}:pheld:{i}", "me"), HELD_KEYS,
+                                            used_mib)
         for i in range(HELD_KEYS):
             p.release_lock(f"bench{RUN}:pheld:{i}", "me")
     r.close()
-    name = "prefect-redis RedisLockManager" if p is not None else "prefect-redis not installed"
+    name = peer(p)
     return [
         Row(f"acquire {HELD_KEYS:,} keys (per key)", "s", t_ours, t_floor, "SET NX PX", t_prefect, name),
         Row(f"server memory for {HELD_KEYS:,} held keys", "MiB", mem_ours, mem_floor, "SET NX PX keys",
             mem_prefect, name, note="INFO memory used_memory delta"),
     ]
-
-
-def step(name: str) -> None:
-    print(f"[bench_redis] {time.strftime('%H:%M:%S')} {name}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

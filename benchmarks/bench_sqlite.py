@@ -17,33 +17,31 @@ Run with the benchmark environment (Prefect installed): ``python benchmarks/benc
 
 from __future__ import annotations
 
-import fcntl
-import multiprocessing as mp
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import txlock
-from _harness import Row, pct, per_op, report
+from _common import Op, contend, entered, flock_ops, handoff, manager_ops, prefect_fs, prefect_per_op, scratch
+from _harness import Row, floor_and_ours, pct, report
+from _sizes import CONTENTION_SECONDS, HANDOFFS, MANY_KEYS, sized
 
-CTX = mp.get_context("spawn")
-HANDOFFS = 300
-CONTENTION_SECONDS = 3.0
-LIST_KEYS = 10_000
+PREFECT_HANDOFFS = sized(30, 4)
+LIST_KEYS = MANY_KEYS
 
 
-def prefect_fs(directory: Path) -> Any:
-    """Prefect's FileSystemLockManager, or None when Prefect is not installed."""
-    try:
-        from prefect.locking.filesystem import FileSystemLockManager
-    except ImportError:
-        return None
-    return FileSystemLockManager(directory)
+def manager(kind: str, target: str) -> Any:
+    """txlock's manager for the URL ``target``, or Prefect's for the directory ``target``."""
+    return txlock.from_url(target) if kind == "txlock" else prefect_fs(target)
+
+
+def peer(measured: object) -> str:
+    """The Prefect column's label: its nearest local peer, or why there is no number."""
+    return "FileSystemLockManager" if measured is not None else "prefect not installed"
 
 
 def floor_connection(path: str) -> sqlite3.Connection:
@@ -61,146 +59,75 @@ def uncontended(db: str, tmp: Path) -> Row:
     m = txlock.SQLiteLockManager(db)
     cx = floor_connection(db)
 
-    def ours(n: int) -> None:
-        acquire, release = m.acquire_lock, m.release_lock
-        for _ in range(n):
-            acquire("bench:k", "me")
-            release("bench:k", "me")
-
     def floor(n: int) -> None:
         execute = cx.execute
         for _ in range(n):
             execute("INSERT INTO floor (k, h) VALUES (?, ?)", (b"k", b"me"))
             execute("DELETE FROM floor WHERE k = ?", (b"k",))
 
-    n = 5000
-    # Interleave the measurements so that machine noise hits both alike.
-    t_floor = min(per_op(floor, n, repeat=3) for _ in range(2))
-    t_ours = min(per_op(ours, n, repeat=3) for _ in range(2))
-    t_floor = min(t_floor, per_op(floor, n, repeat=3))
-    pfx = prefect_fs(tmp / "prefect-uncontended")
-    t_prefect = None
-    if pfx is not None:
-
-        def theirs(n: int) -> None:
-            for _ in range(n):
-                pfx.acquire_lock("k", "me")
-                pfx.release_lock("k", "me")
-
-        t_prefect = per_op(theirs, 1000, repeat=3)
+    t_floor, t_ours = floor_and_ours(floor, m, "bench:k", 5000)
+    t_prefect = prefect_per_op(prefect_fs(tmp / "prefect-uncontended"), "k", 1000)
     m.close()
     cx.close()
     return Row(
         "uncontended acquire+release", "s", t_ours, t_floor, "INSERT+DELETE, WAL, synchronous=NORMAL",
-        t_prefect, "FileSystemLockManager" if pfx is not None else "prefect not installed",
-        target="<= 1.5x floor", met=t_ours <= 1.5 * t_floor,
-    )
+        t_prefect, peer(t_prefect),
+    ).within(1.5)
 
 
 # ---------------------------------------------------------------------- hand-off
 
 
-def _handoff_child(kind: str, target: str, conn: Any, rounds: int) -> None:
-    if kind == "txlock":
-        m = txlock.from_url(target)
-        for _ in range(rounds):
-            conn.recv()
-            conn.send("ready")
-            m.acquire_lock("handoff", "child")
-            t1 = time.monotonic()
-            m.release_lock("handoff", "child")
-            conn.send(t1)
-    elif kind == "prefect":
-        p = prefect_fs(Path(target))
-        for _ in range(rounds):
-            conn.recv()
-            conn.send("ready")
-            p.acquire_lock("handoff", "child")
-            t1 = time.monotonic()
-            p.release_lock("handoff", "child")
-            conn.send(t1)
-    else:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT)
-        for _ in range(rounds):
-            conn.recv()
-            conn.send("ready")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            t1 = time.monotonic()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            conn.send(t1)
+def handoff_ops(kind: str, target: str, role: str) -> tuple[Op, Op, Op]:
+    """What each side of a hand-off does (see ``_common.handoff``): ``target`` is the
+    database URL, Prefect's directory or the ``flock`` file."""
 
-
-def handoff(kind: str, target: str, rounds: int) -> list[float]:
-    """p50-able samples of release (here) -> acquire returns (in a spawned process)."""
-    if kind == "txlock":
-        m = txlock.from_url(target)
-        acquire = lambda: m.acquire_lock("handoff", "parent")  # noqa: E731
-        release = lambda: m.release_lock("handoff", "parent")  # noqa: E731
-    elif kind == "prefect":
-        p = prefect_fs(Path(target))
-
-        def acquire() -> None:
-            while True:
-                try:
-                    p.acquire_lock("handoff", "parent")
-                    return
-                except ValueError:  # Prefect reads records half-written by the other process
-                    pass
-
-        release = lambda: p.release_lock("handoff", "parent")  # noqa: E731
-    else:
-        fd = os.open(target, os.O_RDWR | os.O_CREAT)
-        acquire = lambda: fcntl.flock(fd, fcntl.LOCK_EX)  # noqa: E731
-        release = lambda: fcntl.flock(fd, fcntl.LOCK_UN)  # noqa: E731
-    here, there = CTX.Pipe()
-    child = CTX.Process(target=_handoff_child, args=(kind, target, there, rounds))
-    acquire()
-    child.start()
-    samples = []
-    for _ in range(rounds):
-        here.send("go")
-        assert here.recv() == "ready"
+    def settle() -> None:
         time.sleep(0.003)  # let the child block in acquire (a benchmark may sleep)
-        t0 = time.monotonic()
-        release()
-        samples.append(here.recv() - t0)
-        acquire()
-    release()
-    child.join(30)
-    return samples
+
+    if kind == "flock":
+        return (*flock_ops(target), settle)
+    acquire, release = manager_ops(manager(kind, target), "handoff", role)
+    if kind == "prefect" and role == "parent":
+        return _past_torn_reads(acquire), release, settle
+    return acquire, release, settle
+
+
+def _past_torn_reads(acquire: Op) -> Op:
+    """``acquire``, tried again while it raises: Prefect reads records half-written by the
+    other process."""
+
+    def retrying() -> None:
+        while True:
+            try:
+                acquire()
+                return
+            except ValueError:
+                pass
+
+    return retrying
 
 
 # ---------------------------------------------------------------------- contention
 
 
-def _contender(kind: str, target: str, marker: str, barrier: Any, seconds: float, out: Any) -> None:
+def _contender(kind: str, target: str, marker: str, seconds: float, start: Any, out: Any) -> None:
     ops = violations = errors = 0
     holder = f"p{os.getpid()}"
-    if kind == "txlock":
-        m = txlock.from_url(target)
-        acquire = lambda: m.acquire_lock("contended", holder)  # noqa: E731
-        release = lambda: m.release_lock("contended", holder)  # noqa: E731
-    elif kind == "prefect":
-        p = prefect_fs(Path(target))
-        acquire = lambda: p.acquire_lock("contended", holder)  # noqa: E731
-        release = lambda: p.release_lock("contended", holder)  # noqa: E731
-    else:
+    if kind == "floor":
         cx = floor_connection(target)
         key = holder.encode()
         acquire = lambda: cx.execute("INSERT INTO floor (k, h) VALUES (?, ?)", (key, key)) and True  # noqa: E731
         release = lambda: cx.execute("DELETE FROM floor WHERE k = ?", (key,))  # noqa: E731
-    barrier.wait()
+    else:
+        acquire, release = manager_ops(manager(kind, target), "contended", holder)
+    start.wait()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             acquire()
-            if kind != "floor":
-                try:
-                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    violations += 1
-                else:
-                    os.unlink(marker)
+            if kind != "floor" and not entered(marker):
+                violations += 1
             release()
             ops += 1
         except Exception:  # Prefect's manager raises on torn records under contention
@@ -208,23 +135,9 @@ def _contender(kind: str, target: str, marker: str, barrier: Any, seconds: float
     out.put((ops, violations, errors))
 
 
-def contention(kind: str, target: str, marker: str, procs: int = 4) -> tuple[float, int, int]:
-    barrier = CTX.Barrier(procs)
-    out = CTX.Queue()
-    workers = [
-        CTX.Process(target=_contender, args=(kind, target, marker, barrier, CONTENTION_SECONDS, out))
-        for _ in range(procs)
-    ]
-    for w in workers:
-        w.start()
-    results = [out.get(timeout=120) for _ in workers]
-    for w in workers:
-        w.join(30)
-    return (
-        sum(r[0] for r in results) / CONTENTION_SECONDS,
-        sum(r[1] for r in results),
-        sum(r[2] for r in results),
-    )
+def contention(kind: str, target: str, marker: str, procs: int = 4) -> tuple[Any, ...]:
+    """(operations per second, exclusion violations, errors) of ``procs`` processes."""
+    return contend(_contender, (kind, target, marker, CONTENTION_SECONDS), procs, CONTENTION_SECONDS)
 
 
 # ---------------------------------------------------------------------- list_locks
@@ -244,7 +157,7 @@ def listing(db: str) -> Row:
     m.close()
     cx.close()
     return Row(
-        "list_locks on 10,000 held keys", "s", t_ours, t_floor, "SELECT of 10,000 rows",
+        f"list_locks on {LIST_KEYS:,} held keys", "s", t_ours, t_floor, f"SELECT of {LIST_KEYS:,} rows",
         None, "Prefect's managers cannot list", target="well under 1 s", met=t_ours < 0.25,
     )
 
@@ -257,22 +170,20 @@ def _timed(fn: Any) -> float:
 
 def main() -> None:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="txlock-bench-sqlite-") as raw:
-        tmp = Path(raw)
+    with scratch("sqlite") as tmp:
         db = str(tmp / "locks.db")
         rows.append(uncontended(db, tmp))
 
         url = f"sqlite://{db}"
-        ours = handoff("txlock", url, HANDOFFS)
-        floor = handoff("flock", str(tmp / "flock"), HANDOFFS)
+        ours = handoff(handoff_ops, "txlock", url, HANDOFFS)
+        floor = handoff(handoff_ops, "flock", str(tmp / "flock"), HANDOFFS)
         theirs = None
         if prefect_fs(tmp) is not None:
             (tmp / "prefect-handoff").mkdir()
-            theirs = handoff("prefect", str(tmp / "prefect-handoff"), 30)
+            theirs = handoff(handoff_ops, "prefect", str(tmp / "prefect-handoff"), PREFECT_HANDOFFS)
         rows.append(Row(
             "cross-process hand-off p50", "s", pct(ours, 50), pct(floor, 50), "blocking flock hand-off",
-            None if theirs is None else pct(theirs, 50),
-            "FileSystemLockManager" if theirs is not None else "prefect not installed",
+            None if theirs is None else pct(theirs, 50), peer(theirs),
             target="< 5 ms", met=pct(ours, 50) < 0.005,
             extra={"txlock_p99": pct(ours, 99), "floor_p99": pct(floor, 99)},
         ))
@@ -289,7 +200,7 @@ def main() -> None:
             note += f"; Prefect: {p_violations} violations, {p_errors} errors"
         rows.append(Row(
             "4-process contention, one key", "ops/s", ops, f_ops, "4 processes doing INSERT+DELETE",
-            p_ops, "FileSystemLockManager" if p_ops is not None else "prefect not installed",
+            p_ops, peer(p_ops),
             target="0 violations", met=violations == 0 and errors == 0, note=note, lower_is_better=False,
         ))
 

@@ -12,14 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import scratch
 from _harness import Row, median, report
+from _sizes import sized
 
-RUNS = 15
+RUNS = sized(15, 2)
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -36,8 +37,15 @@ def has(module: str) -> bool:
 
 
 def main() -> None:
-    py = sys.executable
-    tmp = Path(tempfile.mkdtemp())
+    with scratch("startup") as tmp:
+        rows = measure(sys.executable, tmp)
+    cached = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
+    report("startup", f"Start-up (fresh processes, median of {RUNS})", rows,
+           notes=f"Bytecode caching was {cached} for this run (PYTHONDONTWRITEBYTECODE); with it off, "
+                 "every process compiles txlock's modules from source, so these are upper bounds.")
+
+
+def measure(py: str, tmp: Path) -> list[Row]:
     rows = []
     floor = timed([py, "-c", "pass"])
     ours = timed([py, "-c", "import txlock; txlock.MemoryLockManager().acquire_lock('k', 'h')"])
@@ -62,11 +70,7 @@ def main() -> None:
         flock = timed(["flock", str(tmp / "flockfile"), "true"]) if shutil.which("flock") else None
         rows.append(Row("`txlock run KEY -- true` (SQLite)", "s", run, flock, "flock(1)", None,
                         "n/a (Prefect has no CLI for locks)", "< 0.2 s", run < 0.2))
-    cached = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
-    report("startup", "Start-up (fresh processes, median of 15)", rows,
-           notes=f"Bytecode caching was {cached} for this run (PYTHONDONTWRITEBYTECODE); with it off, "
-                 "every process compiles txlock's modules from source, so these are upper bounds.")
-    shutil.rmtree(tmp, ignore_errors=True)
+    return rows
 
 
 if __name__ == "__main__":

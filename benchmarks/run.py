@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # all suites
     python benchmarks/run.py memory     # some suites
+    python benchmarks/run.py --quick    # smoke test: few iterations, BENCHMARKS.md untouched
 
 Run it in the benchmark environment (``scripts/bench``), which has Prefect installed so
 each number can sit beside Prefect's own manager.
@@ -10,6 +11,7 @@ each number can sit beside Prefect's own manager.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,10 @@ from _harness import RESULTS, Row, machine, table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    wanted = argv or SUITES
+    quick = "--quick" in argv
+    wanted = [a for a in argv if a != "--quick"] or SUITES
+    # A smoke run (see _sizes.QUICK) saves no results and leaves BENCHMARKS.md alone.
+    env = {**os.environ, "TXLOCK_BENCH_QUICK": "1"} if quick else None
     failed = []
     for suite in wanted:
         script = HERE / f"bench_{suite}.py"
@@ -31,9 +36,12 @@ def main(argv: list[str]) -> int:
             print(f"(no {script.name}; skipped)")
             continue
         print(f"=== {suite}", flush=True)
-        if subprocess.run([sys.executable, str(script)], cwd=ROOT, check=False).returncode != 0:
+        if subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, check=False).returncode != 0:
             failed.append(suite)
-    write_markdown()
+    if quick:
+        print("quick smoke run: BENCHMARKS.md not written")
+    else:
+        write_markdown()
     if failed:
         print(f"failed suites: {', '.join(failed)}", file=sys.stderr)
         return 1

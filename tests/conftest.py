@@ -12,8 +12,8 @@ import asyncio
 import importlib.util
 import os
 import socket
+import sys
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import txlock
+from _support import aeventually, eventually, need_module, unavailable  # noqa: F401 (tests import them from here)
 
 pytest_plugins = ["plugins.redis_servers", "plugins.postgres_servers"]
 
@@ -69,27 +70,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.config.option.tbstyle = style
 
 
-def unavailable(reason: str) -> None:
-    """Skip the test, or fail it when CI is set."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so every backend must run)")
-    pytest.skip(reason)
-
-
-def eventually(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``predicate`` (a state the test can inspect) until it returns something true,
-    and return that; fail after ``timeout`` seconds. For waiting on observable state, never
-    for ordering events."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
-
-
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
@@ -99,21 +79,39 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+_pre_release_checked = False
+
+
+def retire_pre_release_tables(url: str) -> None:
+    """Drop the tables a pre-release txlock left in the shared test database's default
+    schema (once per session). This txlock refuses them by design (docs/postgres.md), and
+    a machine that ran the suite of an older checkout still has them: they are txlock's
+    own, recognised by their ``txlock.txlock_version`` table, and hold no data but test
+    locks. Nothing else in the database is touched."""
+    global _pre_release_checked
+    if _pre_release_checked:
+        return
+    _pre_release_checked = True
+    need_module("psycopg", "postgres")
+    import psycopg
+
+    with psycopg.connect(url.split("?", maxsplit=1)[0], autocommit=True, connect_timeout=5) as conn:
+        found = conn.execute("SELECT to_regclass('txlock.txlock_version') IS NOT NULL").fetchone()
+        if found and found[0]:
+            sys.stderr.write(
+                "\nconftest: dropping the pre-release txlock tables txlock.txlock_version, "
+                "txlock.locks and txlock.locks_waiters from the test database (this txlock refuses them)\n"
+            )
+            conn.execute(
+                "DROP TABLE IF EXISTS txlock.txlock_version, txlock.locks, txlock.locks_waiters"
+            )
+
+
 def _with_query(url: str, **options: str) -> str:
     from urllib.parse import urlencode
 
     sep = "&" if "?" in url else "?"
     return url + sep + urlencode(options)
-
-
-def _need_module(module: str, extra: str = "") -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        hint = f" (install txlock[{extra}])" if extra else ""
-        unavailable(f"{module} cannot be imported{hint}: {exc}")
 
 
 def url_for(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -122,23 +120,24 @@ def url_for(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if name == "memory":
         return f"memory://test-{uid}"
     if name == "file":
-        _need_module("txlock.backends.file")
+        need_module("txlock.backends.file")
         return f"file://{tmp_path}/locks"
     if name == "sqlite":
-        _need_module("txlock.backends.sqlite")
+        need_module("txlock.backends.sqlite")
         return f"sqlite:///{tmp_path}/locks.db"
     if name == "redis":
-        _need_module("txlock.backends.redis", "redis")
+        need_module("txlock.backends.redis", "redis")
         if not _reachable(REDIS_URL, 6379):
             unavailable(f"no Redis server at {REDIS_URL} (set TXLOCK_TEST_REDIS_URL)")
         return _with_query(REDIS_URL, prefix=f"txlock-test:{uid}:")
     if name == "postgres":
-        _need_module("txlock.backends.postgres", "postgres")
+        need_module("txlock.backends.postgres", "postgres")
         if not _reachable(POSTGRES_URL, 5432):
             unavailable(f"no PostgreSQL server at {POSTGRES_URL} (set TXLOCK_TEST_POSTGRES_URL)")
+        retire_pre_release_tables(POSTGRES_URL)
         return _with_query(POSTGRES_URL, prefix=f"t{uid}:")
     if name == "redis_cluster":
-        _need_module("txlock.backends.redis", "redis")
+        need_module("txlock.backends.redis", "redis")
         base: str = request.getfixturevalue("redis_cluster_url")
         return _with_query(base, prefix=f"txlock-test:{uid}:")
     raise AssertionError(name)

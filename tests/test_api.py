@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import txlock
+from conftest import need_module
 
 
 def test_unknown_scheme_names_the_accepted_ones() -> None:
@@ -162,8 +163,8 @@ def test_urls_whose_slashes_change_their_meaning_are_refused_with_the_meant_url(
 
 
 def test_host_less_urls_that_mean_this_machine_still_work() -> None:
-    pytest.importorskip("redis")
-    pytest.importorskip("psycopg")
+    need_module("redis", "redis")
+    need_module("psycopg", "postgres")
     assert txlock.from_url("redis://").url == "redis:///0"
     assert txlock.from_url("postgresql:///test").url == "postgresql:///test"  # the local socket
     assert txlock.from_url("postgresql://").url == "postgresql://"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import txlock
-from conftest import eventually, url_for
+from conftest import eventually, need_module, url_for
 
 pytestmark = pytest.mark.cli
 
@@ -135,12 +135,12 @@ CHILD = textwrap.dedent(
         signal.signal(signal.SIGINT, on)
         note(f"pid {os.getpid()}")
         while True:
-            time.sleep(1)
+            time.sleep(1)  # idle until signalled (orders nothing)
     elif mode == "stubborn":  # ignores SIGTERM
         signal.signal(signal.SIGTERM, lambda sig, frame: note("ignored SIGTERM"))
         note(f"pid {os.getpid()}")
         while True:
-            time.sleep(1)
+            time.sleep(1)  # idle until killed (orders nothing)
     """
 )
 
@@ -470,10 +470,7 @@ def test_bad_urls_are_one_line(tx_mem: Txlock, url: str, code: int, words: list[
 
 
 def test_an_unreachable_server_is_one_line(tx_mem: Txlock, request: pytest.FixtureRequest) -> None:
-    try:
-        import txlock.backends.redis  # noqa: F401
-    except ImportError:
-        pytest.skip("the Redis backend is not available")
+    need_module("txlock.backends.redis", "redis")
     # Port 1 on loopback: nothing listens there.
     done = tx_mem("--url", "redis://127.0.0.1:1/0", "status", "k")
     _one_error_line(done, BACKEND_ERROR, "127.0.0.1", "check that the server is running", "--url / $TXLOCK_URL")
@@ -482,10 +479,7 @@ def test_an_unreachable_server_is_one_line(tx_mem: Txlock, request: pytest.Fixtu
 
 
 def test_a_missing_extra_names_it(tx_mem: Txlock) -> None:
-    try:
-        import txlock.backends.redis  # noqa: F401
-    except ImportError:
-        pytest.skip("the Redis backend is not available")
+    need_module("txlock.backends.redis", "redis")
     code = "import sys; sys.modules['redis'] = None; from txlock.cli import main; main()"
     done = subprocess.run(
         [sys.executable, "-c", code, "--url", "redis://127.0.0.1:6379/0", "ls"],

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import txlock
-from conftest import LoopThread
+from conftest import LoopThread, aeventually, need_module, url_for
 
 
 class _Section:
@@ -49,14 +49,16 @@ def test_500_tasks_on_one_key(manager: txlock.BaseLockManager, loop_thread: Loop
     tasks = 500
     section = _Section()
     errors: list[BaseException] = []
+    ready = [0]  # tasks at the start line
 
     async def work(index: int, start: asyncio.Event) -> None:
+        ready[0] += 1
         await start.wait()  # every task tries at once: the burst a pool must absorb
         try:
             assert await manager.aacquire_lock("crowd", f"task{index}", acquire_timeout=120)
             try:
                 seen = section.enter()
-                await asyncio.sleep(0)  # the others run here
+                await asyncio.sleep(0)  # the others run here: widens the window for an overlap
                 section.leave(seen)
             finally:
                 if index % 2:
@@ -69,7 +71,7 @@ def test_500_tasks_on_one_key(manager: txlock.BaseLockManager, loop_thread: Loop
     async def crowd() -> None:
         start = asyncio.Event()
         running = [asyncio.create_task(work(i, start)) for i in range(tasks)]
-        await asyncio.sleep(0)  # let every task reach start.wait()
+        await aeventually(lambda: ready[0] == tasks, what="every task at the start line")
         start.set()
         await asyncio.gather(*running)
 
@@ -93,7 +95,7 @@ def test_64_threads_on_one_key(manager: txlock.BaseLockManager) -> None:
                 assert manager.acquire_lock("crowd", f"t{index}", acquire_timeout=120)
                 try:
                     seen = section.enter()
-                    threading.Event().wait(0)  # let another thread run here if it can
+                    threading.Event().wait(0)  # let another thread run here if it can: widens the window
                     section.leave(seen)
                 finally:
                     manager.release_lock("crowd", f"t{index}")
@@ -162,11 +164,10 @@ def test_creating_clients_emits_no_warning(manager: txlock.BaseLockManager) -> N
 
 @pytest.mark.redis
 def test_redis_clients_from_a_url_get_retry_of_their_own_world(request: pytest.FixtureRequest) -> None:
-    pytest.importorskip("redis")
+    need_module("redis", "redis")
     import redis.asyncio.retry
     import redis.retry
 
-    from conftest import url_for
     from txlock.backends.redis import RedisLockManager
 
     manager = txlock.from_url(url_for("redis", request, request.getfixturevalue("tmp_path")))
@@ -190,8 +191,7 @@ def test_redis_clients_from_a_url_get_retry_of_their_own_world(request: pytest.F
 
 @pytest.mark.redis
 def test_redis_max_connections_option_bounds_the_pool_and_is_checked(request: pytest.FixtureRequest) -> None:
-    pytest.importorskip("redis")
-    from conftest import url_for
+    need_module("redis", "redis")
     from txlock.backends.redis import RedisLockManager
 
     url = url_for("redis", request, request.getfixturevalue("tmp_path"))

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import txlock
-from txlock._manager import DEADLINE_MARGIN
+from conftest import need_module
+from txlock._deadline import DEADLINE_MARGIN
 
 # URL templates: {slow} is the store's own per-read (Redis) or per-connect (PostgreSQL) timeout.
 STORES = [
@@ -44,7 +45,10 @@ def mute_port() -> Iterator[int]:
 
 
 def _manager(template: str, port: int, slow: float) -> txlock.BaseLockManager:
-    pytest.importorskip("redis" if template.startswith("redis") else "psycopg")
+    if template.startswith("redis"):
+        need_module("redis", "redis")
+    else:
+        need_module("psycopg", "postgres")
     return txlock.from_url(template.format(port=port, slow=slow))
 
 

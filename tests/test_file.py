@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import txlock
-from conftest import eventually
-from txlock.backends import file as F
-from txlock.backends.file import FileSystemLockManager, key_filename
+from conftest import aeventually, eventually
+from txlock.backends.file import FD_CACHE, FileSystemLockManager, key_filename
+from txlock.backends.file._record import Record, decode_record, encode_record
 
 pytestmark = pytest.mark.file
 
@@ -241,7 +241,7 @@ def test_a_corrupt_record_is_a_broken_hold_and_is_repaired(m: FileSystemLockMana
     m.release_lock("k", "b")  # a no-op on a broken hold, which it repairs
     third = m.acquire_lease("k", "c", timeout=0)
     assert third is not None and m.is_lock_holder("k", "c")
-    rec, _ = F._decode_record(Path(path).read_bytes())
+    rec, _ = decode_record(Path(path).read_bytes())
     assert rec is not None and rec.key == b"k"
 
 
@@ -332,10 +332,10 @@ def test_a_live_pid_in_the_record_is_no_proof_of_life(m: FileSystemLockManager) 
     helper = hold_in_process(m.directory, "k", "victim")
     helper.kill()
     path = m.path_for("k")
-    rec, _ = F._decode_record(Path(path).read_bytes())
+    rec, _ = decode_record(Path(path).read_bytes())
     assert rec is not None and rec.held
     rec.pid = os.getpid()  # a PID that is alive (ours): it must not keep the hold
-    Path(path).write_bytes(F._encode_record(rec))
+    Path(path).write_bytes(encode_record(rec))
     assert not m.is_locked("k")
     assert m.acquire_lock("k", "me", acquire_timeout=0)
 
@@ -344,14 +344,14 @@ def _forge(m: FileSystemLockManager, key: str, holder: str, *, expired: bool) ->
     """Write a dead (unknown process) or expired hold of ``key``; return its token."""
     path = m.path_for(key)
     try:
-        rec, _ = F._decode_record(Path(path).read_bytes())
+        rec, _ = decode_record(Path(path).read_bytes())
     except FileNotFoundError:
         rec = None
     counter = rec.counter if rec is not None else 0
-    new = F._Rec(counter + 1, key.encode())
+    new = Record(counter + 1, key.encode())
     now = time.time()
-    new.grant(holder.encode(), 1.0 if expired else None, now - 5, os.urandom(16), counter + 1)
-    Path(path).write_bytes(F._encode_record(new))
+    new.grant(holder.encode(), 1.0 if expired else None, now - 5, os.urandom(16), counter + 1, os.getpid())
+    Path(path).write_bytes(encode_record(new))
     return counter + 1
 
 
@@ -425,7 +425,7 @@ def test_tokens_keep_increasing_after_the_record_file_is_removed(m: FileSystemLo
         assert lease is not None
         tokens.append(lease.token)
         m.release_lock("k", f"h{i}")
-    m._d().gc()  # what the background job does every few seconds
+    m.close()  # collects, as the background job does every few seconds
     assert not os.path.exists(m.path_for("k"))
     again = m.acquire_lease("k", "later")
     assert again is not None and again.token > max(tokens)
@@ -436,9 +436,9 @@ def test_held_and_contended_files_are_never_collected(m: FileSystemLockManager) 
     assert m.acquire_lock("held", "h")
     assert m.acquire_lock("free", "h")
     m.release_lock("free", "h")
-    d = m._d()
-    d.freed.add(F.key_filename("held"))
-    d.gc()
+    state = m._directory_state()
+    state.freed.add(key_filename("held"))  # as if freed here: the collector must still see it held
+    state.gc()
     assert m.is_lock_holder("held", "h") and os.path.exists(m.path_for("held"))
     assert not os.path.exists(m.path_for("free"))
 
@@ -454,10 +454,10 @@ def test_holds_take_no_descriptors(m: FileSystemLockManager) -> None:
     for i in range(300):
         assert m.acquire_lock(f"key-{i}", "h")
     # Only the descriptors of the last keys used are kept (a bounded cache), not one per hold.
-    assert _fds() <= before + F.FD_CACHE
+    assert _fds() <= before + FD_CACHE
     for i in range(300):
         m.release_lock(f"key-{i}", "h")
-    assert _fds() <= before + F.FD_CACHE
+    assert _fds() <= before + FD_CACHE
 
 
 def test_the_directory_is_private_unless_asked(tmp_path: Path) -> None:
@@ -576,11 +576,11 @@ def test_planted_symlinks_are_never_followed(m: FileSystemLockManager, tmp_path:
 
 WAIT = """
 import sys, time
-from txlock.backends import file as F
-F.SAFETY_NET = 3600.0  # only a real wake-up can end these waits in time
+from txlock.backends.file import FileSystemLockManager, _wakeups
+_wakeups.SAFETY_NET = 3600.0  # only a real wake-up can end these waits in time
 if sys.argv[3] == "poll":
-    F._inotify_failed = True
-m = F.FileSystemLockManager(sys.argv[1])
+    _wakeups.inotify_disabled = True
+m = FileSystemLockManager(sys.argv[1])
 print("ready", flush=True)
 t0 = time.monotonic()
 ok = m.wait_for_lock("k", timeout=60) if sys.argv[2] == "watch" else m.acquire_lock("k", "waiter", acquire_timeout=60)
@@ -631,14 +631,12 @@ def test_async_waiters_hold_no_thread(m: FileSystemLockManager) -> None:
 
     async def scenario() -> list[str]:
         watchers = [asyncio.ensure_future(m.await_for_lock("k", timeout=30)) for _ in range(20)]
-        for _ in range(10):
-            await asyncio.sleep(0.01)
+        await aeventually(lambda: m._parked_here("k") == 20, what="the watchers to wait")
         m.release_lock("k", "owner")
         assert all(await asyncio.gather(*watchers))
         assert m.acquire_lock("k", "owner")
         tasks = [asyncio.ensure_future(m.aacquire_lock("k", f"t{i}", acquire_timeout=30)) for i in range(50)]
-        for _ in range(10):
-            await asyncio.sleep(0.01)
+        await aeventually(lambda: m._parked_here("k") == 50, what="the acquirers to wait")
         threads_while_waiting = threading.active_count()
         assert threads_while_waiting <= threads_before + 2  # the inotify watcher, the scheduler
         m.release_lock("k", "owner")

@@ -38,7 +38,7 @@ def test_threads_never_overlap(manager: txlock.BaseLockManager, hold_timeout: fl
                     if inside != 1:
                         overlaps += 1
                     value = count
-                    threading.Event().wait(0)  # let another thread run here if it can
+                    threading.Event().wait(0)  # let another thread run here if it can: widens the window
                     count = value + 1
                     inside -= 1
                 finally:
@@ -69,7 +69,7 @@ def test_tasks_never_overlap(manager: txlock.BaseLockManager, loop_thread: LoopT
                 if state["inside"] != 1:
                     state["overlaps"] += 1
                 value = state["count"]
-                await asyncio.sleep(0)  # every other task runs here
+                await asyncio.sleep(0)  # every other task runs here: widens the window for an overlap
                 state["count"] = value + 1
                 state["inside"] -= 1
             finally:
@@ -108,7 +108,7 @@ def test_threads_and_tasks_together_never_overlap(manager: txlock.BaseLockManage
         for _ in range(rounds):
             assert manager.acquire_lock("k", f"t{index}", acquire_timeout=60)
             value = enter()
-            threading.Event().wait(0)
+            threading.Event().wait(0)  # let another thread run here if it can: widens the window
             leave(value)
             manager.release_lock("k", f"t{index}")
 
@@ -116,7 +116,7 @@ def test_threads_and_tasks_together_never_overlap(manager: txlock.BaseLockManage
         for _ in range(rounds):
             assert await manager.aacquire_lock("k", f"a{index}", acquire_timeout=60)
             value = enter()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the other tasks run here: widens the window for an overlap
             leave(value)
             await manager.arelease_lock("k", f"a{index}")
 

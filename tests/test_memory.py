@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 import txlock
-from conftest import LoopThread
-from test_conformance import Background, eventually, queued
+from conftest import LoopThread, aeventually, eventually
+from test_conformance import Background, queued
 
 pytestmark = pytest.mark.memory
 
@@ -108,8 +108,8 @@ def test_async_waiters_park_no_threads(mem: txlock.MemoryLockManager) -> None:
         assert await mem.aacquire_lock("k", "owner")
         before = threading.active_count()
         tasks = [asyncio.ensure_future(mem.aacquire_lock("k", f"w{i}", acquire_timeout=30)) for i in range(200)]
-        while (info := mem.inspect("k")) is None or info.waiters != 200:
-            await asyncio.sleep(0)
+        await aeventually(lambda: (info := mem.inspect("k")) is not None and info.waiters == 200,
+                          what="200 tasks to queue")
         during = threading.active_count()
         await mem.arelease_lock("k", "owner")
         for i in range(200):
@@ -132,6 +132,9 @@ def test_a_thousand_random_cancellations_leave_nothing_behind(mem: txlock.Memory
             tasks = [
                 asyncio.ensure_future(mem.aacquire_lock("k", f"r{round_}w{i}", acquire_timeout=30)) for i in range(3)
             ]
+            # A random number of turns of the loop before (and below, after) the release:
+            # the cancellation lands at a random step of the acquires. Every outcome is
+            # checked the same way: these yields vary the interleaving, they order nothing.
             for _ in range(rng.randrange(4)):
                 await asyncio.sleep(0)
             victim = tasks[rng.randrange(3)]
@@ -153,6 +156,7 @@ def test_a_thousand_random_cancellations_leave_nothing_behind(mem: txlock.Memory
                 holders += 1
                 await mem.arelease_lock("k", f"r{round_}w{i}")
             assert mem.inspect("k") is None, round_
+            # No waiter or watcher left behind, not even an empty queue: only the store shows that.
             assert not mem._store.queues and not mem._store.watchers
         assert holders >= 1000
 

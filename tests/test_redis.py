@@ -71,20 +71,27 @@ def raw_keys(m: RedisLockManager, key: str) -> dict[str, int]:
 
 @pytest.mark.redis
 def test_url_options_are_parsed_validated_and_round_trip() -> None:
-    m = txlock.from_url("redis://127.0.0.1:6379?prefix=p:&lease=2.5&socket_timeout=3&acquire_timeout=4")
+    m = txlock.from_url("redis://127.0.0.1:6379?prefix=p:&liveness=2.5&socket_timeout=3&acquire_timeout=4")
     assert isinstance(m, RedisLockManager)
-    assert (m.prefix, m.lease, m._default_timeout) == ("p:", 2.5, 4.0)
-    assert m.url == "redis://127.0.0.1:6379/0?socket_timeout=3&prefix=p%3A&lease=2.5&acquire_timeout=4"
+    assert (m.prefix, m.liveness, m._default_timeout) == ("p:", 2.5, 4.0)
+    assert m.url == "redis://127.0.0.1:6379/0?socket_timeout=3&prefix=p%3A&liveness=2.5&acquire_timeout=4"
     assert txlock.from_url(m.url) == m
     assert RedisLockManager(m.url) == m
-    assert txlock.from_url("redis://127.0.0.1:6379/0", prefix="p:", lease=2.5, socket_timeout=3,
+    assert txlock.from_url("redis://127.0.0.1:6379/0", prefix="p:", liveness=2.5, socket_timeout=3,
                            acquire_timeout=4) == m
     with pytest.raises(txlock.ConfigurationError, match=r"unknown option\(s\) bogus.*accepts:.*prefix"):
         txlock.from_url("redis://127.0.0.1/0?bogus=1")
     with pytest.raises(txlock.ConfigurationError, match="hash"):
         RedisLockManager("redis://127.0.0.1/0", prefix="a{b}")
-    with pytest.raises(txlock.ConfigurationError, match="lease"):
-        txlock.from_url("redis://127.0.0.1/0?lease=0")
+    with pytest.raises(txlock.ConfigurationError, match="liveness"):
+        txlock.from_url("redis://127.0.0.1/0?liveness=0")
+    with pytest.raises(txlock.ConfigurationError, match="liveness"):
+        RedisLockManager("redis://127.0.0.1/0", liveness=float("inf"))
+    # A keyword that repeats the URL is fine; one that contradicts it is an error.
+    assert RedisLockManager("redis://127.0.0.1:6379/0?prefix=p:&liveness=2.5&socket_timeout=3&acquire_timeout=4",
+                            prefix="p:", liveness=2.5) == m
+    with pytest.raises(txlock.ConfigurationError, match="contradicts"):
+        RedisLockManager("redis://127.0.0.1/0?prefix=p:", prefix="q:")
     with pytest.raises(txlock.ConfigurationError, match="not a Redis URL"):
         RedisLockManager("http://127.0.0.1/")
     assert txlock.from_url("unix:///tmp/x.sock?db=2").url == "unix:///tmp/x.sock?db=2"
@@ -97,7 +104,7 @@ def test_password_never_shows_in_repr_logs_or_errors(
 ) -> None:
     secret = "s3cr3t-Pa55"
     server = redis_server_factory(password=secret)
-    m = RedisLockManager(server.url + "?lease=0.6")
+    m = RedisLockManager(server.url + "?liveness=0.6")
     assert secret not in repr(m) and secret not in m.url and ":***@" in m.url
     assert pickle.loads(pickle.dumps(m)) == m  # the copy keeps the password (it must connect)
     caplog.set_level(logging.DEBUG, logger="txlock")
@@ -154,7 +161,7 @@ def test_hostile_keys_are_distinct_locks_in_one_slot_each(
 def test_cluster_spreads_locks_over_masters_and_renews_them_all(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    m = txlock.from_url(url_for("redis_cluster", request, tmp_path), lease=0.5)
+    m = txlock.from_url(url_for("redis_cluster", request, tmp_path), liveness=0.5)
     assert isinstance(m, RedisLockManager)
     keys = [f"job-{i}" for i in range(30)]
     for key in keys:
@@ -162,7 +169,7 @@ def test_cluster_spreads_locks_over_masters_and_renews_them_all(
     client = m._client()
     nodes = {client.get_node_from_key(m._keys(key)[0]).name for key in keys}
     assert len(nodes) == 3  # the locks live on every master
-    # Held past three leases: the heartbeat renews every slot's holds.
+    # Held past three liveness windows: the heartbeat renews every slot's holds.
     assert not m.wait_for_lock(keys[-1], timeout=1.6)
     assert all(m.is_lock_holder(key, "me") for key in keys)
     for key in keys:
@@ -236,14 +243,14 @@ if sys.argv[3] == "fork":
     if pid == 0:
         # (No faulthandler call here: its watchdog thread did not survive the fork, and on
         # CPython 3.11 cancel_dump_traceback_later() in a forked child waits for it forever.)
-        print("child", os.getpid(), flush=True)
+        os.write(1, f"child {os.getpid()}\n".encode())  # one write: whole lines never interleave
         # Stop sharing the parent's stdout: the test must see EOF if the parent dies.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         sys.stdin.readline()   # the forked child lives on, holding nothing of its own
         os._exit(0)
 faulthandler.cancel_dump_traceback_later()
-print("held", flush=True)
+os.write(1, b"held\n")  # one write (with PYTHONUNBUFFERED, print() writes "held" and "\n" apart)
 sys.stdin.readline()
 """
 
@@ -286,7 +293,9 @@ def _spawn_holder(
     url: str, key: str, mode: str, request: pytest.FixtureRequest
 ) -> tuple[subprocess.Popen[bytes], list[str]]:
     # One retry, a stopgap: a holder that never reported "held" was seen twice in full CI
-    # runs and never since (hundreds of runs under load). Its stderr (with faulthandler's
+    # runs and never since (hundreds of runs under load). One cause found since: with
+    # PYTHONUNBUFFERED set, print() wrote its pieces apart and the forked child's line
+    # interleaved with the parent's ("childheld"); both now write whole lines at once. Its stderr (with faulthandler's
     # stacks after 40 s) is printed even when the retry succeeds, so the next occurrence
     # says where the holder was stuck.
     proc, lines, first = _spawn_once(url, key, mode)
@@ -305,16 +314,16 @@ def _spawn_holder(
 @pytest.mark.redis
 @pytest.mark.processes
 @pytest.mark.parametrize("mode", ["plain", "fork"])
-def test_a_sigkilled_holder_frees_the_key_within_the_lease(
+def test_a_sigkilled_holder_frees_the_key_within_the_liveness_window(
     mode: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    lease = 0.6
-    url = url_for("redis", request, tmp_path) + f"&lease={lease}"
+    liveness = 0.6
+    url = url_for("redis", request, tmp_path) + f"&liveness={liveness}"
     m = txlock.from_url(url)
     proc, _ = _spawn_holder(url, "k", mode, request)
     try:
         assert m.is_locked("k")
-        assert not m.wait_for_lock("k", timeout=3 * lease)  # the heartbeat keeps it alive
+        assert not m.wait_for_lock("k", timeout=3 * liveness)  # the heartbeat keeps it alive
         proc.kill()
         proc.wait()
         # A forked child (still alive) must not renew its parent's hold.
@@ -354,7 +363,7 @@ def test_a_stopped_server_is_a_clear_error_not_a_hang(private_redis: RedisServer
 
 @pytest.mark.redis
 def test_one_heartbeat_job_renews_every_process_bound_hold(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    m = txlock.from_url(url_for("redis", request, tmp_path) + "&lease=0.5")
+    m = txlock.from_url(url_for("redis", request, tmp_path) + "&liveness=0.5")
     assert isinstance(m, RedisLockManager)
     jobs = _scheduler.job_count()
     for i in range(50):
@@ -367,7 +376,7 @@ def test_one_heartbeat_job_renews_every_process_bound_hold(request: pytest.Fixtu
     assert m.wait_for_lock("timed", timeout=10)  # a hold_timeout is not renewed
     for i in range(50):
         m.release_lock(f"k{i}", "me")
-    assert not [kh for kh in m._hub().holds if kh.startswith(m._prefix_b)]
+    assert not [hold_key for hold_key in m._hub().holds if hold_key.startswith(m._prefix_bytes)]
     m.close()
 
 
@@ -378,9 +387,9 @@ def test_one_heartbeat_job_renews_every_process_bound_hold(request: pytest.Fixtu
 def test_waiters_are_woken_by_the_release_in_arrival_order(
     backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    # With a 120 s lease, waiters re-check on their own only every 60 s: every hand-off
+    # With a 120 s liveness window, waiters re-check on their own only every 60 s: every hand-off
     # below within the 20 s acquire timeout is a push from the release.
-    m = txlock.from_url(url_for(backend_name, request, tmp_path), lease=120)
+    m = txlock.from_url(url_for(backend_name, request, tmp_path), liveness=120)
     assert m.acquire_lock("k", "first")
     order: list[str] = []
     threads = []
@@ -409,8 +418,7 @@ def test_waiters_are_woken_by_the_release_in_arrival_order(
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_dead_waiters_queue_entry_expires(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    lease = 0.6
-    url = url_for("redis", request, tmp_path) + f"&lease={lease}"
+    url = url_for("redis", request, tmp_path) + "&liveness=0.6"
     m = txlock.from_url(url)
     assert isinstance(m, RedisLockManager)
     assert m.acquire_lock("k", "owner")
@@ -421,7 +429,7 @@ def test_a_dead_waiters_queue_entry_expires(request: pytest.FixtureRequest, tmp_
                    what="the other process to queue")
         proc.kill()
         proc.wait()
-        m.release_lock("k", "owner")  # may hand the key to the dead waiter; its lease lapses
+        m.release_lock("k", "owner")  # may hand the key to the dead waiter; its hold lapses
         assert m.acquire_lock("k", "alive", acquire_timeout=10)
         assert raw_keys(m, "k")["q"] == 0
         m.release_lock("k", "alive")
@@ -476,8 +484,8 @@ def test_a_thousand_randomly_timed_cancellations_leave_nothing_behind(shared: Re
     assert shared.inspect("k") is None
     assert shared.list_locks() == []
     assert raw_keys(shared, "k")["q"] == 0 and raw_keys(shared, "k")["w"] == 0
-    assert not shared._hub().waiters
-    assert not [kh for kh in shared._hub().holds if kh.startswith(shared._prefix_b)]
+    assert shared._hub().waiters.total() == 0
+    assert not [hold_key for hold_key in shared._hub().holds if hold_key.startswith(shared._prefix_bytes)]
 
 
 # ---------------------------------------------------------------- connection loss
@@ -628,7 +636,7 @@ def _kill_run(
     # (on a loaded machine the workers can reach the acquisition target first).
     log_path = tmp_path / f"kill-{restarts}.log"
     log_path.write_bytes(b"")
-    url = server.url + "?prefix=kill:&lease=1"
+    url = server.url + "?prefix=kill:&liveness=1"
     m = txlock.from_url(url)
     procs: dict[int, subprocess.Popen[bytes]] = {}
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
@@ -705,5 +713,8 @@ def test_kill_test_with_server_restarts_on_a_persistent_server(
 
 
 def test_module_exports() -> None:
-    assert rbackend.__all__ == ["RedisLockManager"]
+    assert rbackend.__all__ == [
+        "DEFAULT_LIVENESS", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_PREFIX", "DEFAULT_URL", "RedisLockManager"
+    ]
+    assert rbackend.DEFAULT_LIVENESS == 5.0
     assert txlock.RedisLockManager is RedisLockManager

@@ -7,6 +7,7 @@ guarantees, with real files and real processes (killed with SIGKILL where that i
 from __future__ import annotations
 
 import asyncio
+import glob
 import hashlib
 import itertools
 import json
@@ -26,7 +27,10 @@ from typing import Any
 import pytest
 
 import txlock
+from conftest import aeventually, eventually
+from txlock._options import default_sqlite_path
 from txlock.backends import sqlite as backend
+from txlock.backends.sqlite._schema import prefix_range
 
 pytestmark = pytest.mark.sqlite
 
@@ -47,6 +51,11 @@ def m(db: str) -> Iterator[backend.SQLiteLockManager]:
     manager = backend.SQLiteLockManager(db)
     yield manager
     manager.close()
+
+
+def owner_files(db: str) -> list[str]:
+    """The proof-of-life files of the processes holding locks in ``db`` (see docs/sqlite.md)."""
+    return sorted(glob.glob(glob.escape(db) + "-txlock/o-*"))
 
 
 def digest(path: str) -> str:
@@ -129,7 +138,7 @@ def test_memory_paths_are_refused() -> None:
 def test_default_store_lives_in_the_user_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("TXLOCK_URL", raising=False)
-    path = backend.default_path()
+    path = default_sqlite_path()
     assert path == str(tmp_path / "state" / "txlock" / "locks.db")
     assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
     default = txlock.from_url()
@@ -343,16 +352,16 @@ def test_keys_with_nul_and_lone_surrogates_list_exactly(m: backend.SQLiteLockMan
 
 
 def test_prefix_bounds_on_bytes() -> None:
-    assert backend._prefix_range(b"") == (b"", None)
-    assert backend._prefix_range(b"ab") == (b"ab", b"ac")
-    assert backend._prefix_range(b"a\xff\xff") == (b"a\xff\xff", b"b")
-    assert backend._prefix_range(b"\xff") == (b"\xff", None)
+    assert prefix_range(b"") == (b"", None)
+    assert prefix_range(b"ab") == (b"ab", b"ac")
+    assert prefix_range(b"a\xff\xff") == (b"a\xff\xff", b"b")
+    assert prefix_range(b"\xff") == (b"\xff", None)
 
 
 def test_tokens_never_regress_across_sweeps_and_restarts(db: str, m: backend.SQLiteLockManager) -> None:
     seen = grant_and_release(m, 3)
     # Sweep the free row away (as every 1024th release does): the floor keeps the token.
-    m._call(backend._op_sweep, time.time())
+    m._call(m._sweep())
     cx = sqlite3.connect(db)
     assert cx.execute("SELECT count(*) FROM txlock_locks").fetchone()[0] == 0
     cx.close()
@@ -379,10 +388,7 @@ def test_listing_skips_free_expired_and_dead_holds(db: str, m: backend.SQLiteLoc
     expect(proc, "held")
     assert {i.key for i in m.list_locks()} == {"timed", "alive", "dead"}
     kill(proc)
-    deadline = time.monotonic() + 10
-    while {i.key for i in m.list_locks()} != {"alive", "timed"}:
-        assert time.monotonic() < deadline, m.list_locks()
-        time.sleep(0.01)
+    eventually(lambda: {i.key for i in m.list_locks()} == {"alive", "timed"}, 10, "the dead hold to disappear")
     info = m.inspect("alive")
     assert info is not None
     assert info.expires_at is None
@@ -401,10 +407,8 @@ def test_holds_of_a_killed_process_end_within_the_bound(db: str, m: backend.SQLi
     got = threading.Event()
     waiter = threading.Thread(target=lambda: m.acquire_lock("k", "parent") and got.set(), daemon=True)
     waiter.start()
-    deadline = time.monotonic() + 5
-    while not m._db.waiters:  # the waiter is registered (and so sleeping on a wake-up)
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    # The waiter is registered (and so sleeping on a wake-up).
+    eventually(lambda: m._parked_here("k") == 1, 5, "the waiter to register")
     killed_at = time.monotonic()
     proc.send_signal(signal.SIGKILL)
     assert got.wait(RECOVERY_BOUND + SLACK), "the dead process's hold was not recovered"
@@ -413,7 +417,7 @@ def test_holds_of_a_killed_process_end_within_the_bound(db: str, m: backend.SQLi
     assert m.is_lock_holder("k", "parent")
     assert recovered < RECOVERY_BOUND + SLACK
     waiter.join(10)
-    assert m._db.waiters == {}  # a served waiter is no longer registered for wake-ups
+    assert m._parked_here("k") == 0  # a served waiter is no longer registered for wake-ups
 
 
 @pytest.mark.processes
@@ -685,13 +689,12 @@ def test_async_waiters_do_not_park_a_thread_each(m: backend.SQLiteLockManager) -
             await m.arelease_lock("k", f"w{n}")
 
         tasks = [asyncio.ensure_future(waiter(n)) for n in range(40)]
-        while len(m._db.waiters.get(backend._bucket(b"k"), ())) < 40:
-            await asyncio.sleep(0.001)
+        await aeventually(lambda: m._parked_here("k") == 40, what="40 tasks to wait")
         assert threading.active_count() <= before + 1  # at most the one watcher thread
         m.release_lock("k", "owner")
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         assert sorted(order) == list(range(40))
-        assert m._db.waiters == {}
+        assert m._parked_here("k") == 0
 
     asyncio.run(scenario())
 
@@ -699,11 +702,12 @@ def test_async_waiters_do_not_park_a_thread_each(m: backend.SQLiteLockManager) -
 def test_close_keeps_holds_and_drops_the_proof_of_life_only_when_unused(db: str) -> None:
     m = backend.SQLiteLockManager(db)
     assert m.acquire_lock("k", "a")
-    owner_file = m._db.owner_path(m._db.owner)
+    proof = owner_files(db)
+    assert len(proof) == 1
     m.close()
-    assert os.path.exists(owner_file)
+    assert owner_files(db) == proof
     again = backend.SQLiteLockManager(db)
     assert again.is_lock_holder("k", "a")
     again.release_lock("k", "a")
     again.close()
-    assert not os.path.exists(owner_file)
+    assert owner_files(db) == []

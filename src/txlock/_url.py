@@ -6,13 +6,16 @@ import importlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from txlock._errors import ConfigurationError, MissingDependency
-from txlock._manager import BaseLockManager, parse_bool, parse_seconds
+from txlock._options import default_sqlite_path, hide_password, redact
 
-__all__ = ["check_url_form", "default_url", "from_url", "register_scheme", "schemes"]
+if TYPE_CHECKING:
+    from txlock._manager import BaseLockManager
+
+__all__ = ["check_url_form", "default_url", "from_url", "redact", "register_scheme", "schemes"]
 
 #: scheme -> (module, class name, the extra that provides its dependencies or "")
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -27,21 +30,10 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "postgres": ("txlock.backends.postgres", "PostgresLockManager", "postgres"),
 }
 
-#: Options every URL accepts, handled by the base class.
-COMMON_OPTIONS = ("acquire_timeout", "raise_on_timeout")
-
-
 #: Schemes whose URL names a path on this host: ``scheme:///absolute/path`` (three slashes).
 _PATH_SCHEMES = frozenset({"file", "sqlite", "unix"})
 #: The path of a host-less network URL that is really a ``host:port`` (a slash too many).
 _HOST_LIKE_PATH = re.compile(r"/+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]+(/|$)")
-_PASSWORD = re.compile(r"(?<=:)[^:@/]*(?=@)")
-
-
-def _hide_password(text: str) -> str:
-    return _PASSWORD.sub("***", text) if "@" in text else text
-
-
 def check_url_form(url: str) -> None:
     """Refuse a URL whose slashes change its meaning, naming the URL that was meant.
 
@@ -58,8 +50,8 @@ def check_url_form(url: str) -> None:
         body = rest.lstrip("/")
         meant = f"{scheme}:///{body}" if kind in _PATH_SCHEMES else f"{scheme}://{body}"
         raise ConfigurationError(
-            f"{_hide_password(url)!r} is missing the '//' after {scheme + ':'!r}; "
-            f"did you mean {_hide_password(meant)!r}?"
+            f"{hide_password(url)!r} is missing the '//' after {scheme + ':'!r}; "
+            f"did you mean {hide_password(meant)!r}?"
         )
     if kind in _PATH_SCHEMES or kind == "memory":
         return
@@ -67,8 +59,8 @@ def check_url_form(url: str) -> None:
     if not parts.netloc and _HOST_LIKE_PATH.match(parts.path):
         meant = f"{scheme}://{url.split(':', 1)[1].lstrip('/')}"
         raise ConfigurationError(
-            f"{_hide_password(url)!r} has no host, and its path looks like one (a URL without a host "
-            f"means this machine); did you mean {_hide_password(meant)!r}?"
+            f"{hide_password(url)!r} has no host, and its path looks like one (a URL without a host "
+            f"means this machine); did you mean {hide_password(meant)!r}?"
         )
 
 
@@ -91,40 +83,7 @@ def default_url() -> str:
     env = os.environ.get("TXLOCK_URL", "").strip()
     if env:
         return env
-    from txlock.backends.sqlite import default_path
-
-    return f"sqlite:///{default_path()}"
-
-
-def common_options(options: Mapping[str, str], allowed: tuple[str, ...]) -> dict[str, Any]:
-    """Check option names against ``allowed`` + the common ones; parse the common ones."""
-    unknown = sorted(set(options) - set(allowed) - set(COMMON_OPTIONS))
-    if unknown:
-        accepted = ", ".join(sorted(set(allowed) | set(COMMON_OPTIONS)))
-        raise ConfigurationError(f"unknown option(s) {', '.join(unknown)}; this backend accepts: {accepted}")
-    parsed: dict[str, Any] = {}
-    if "acquire_timeout" in options:
-        parsed["acquire_timeout"] = parse_seconds("acquire_timeout", options["acquire_timeout"])
-    if "raise_on_timeout" in options:
-        parsed["raise_on_timeout"] = parse_bool("raise_on_timeout", options["raise_on_timeout"])
-    return parsed
-
-
-def local_path(url: str, label: str, example: str) -> str:
-    """The absolute path named by a ``scheme:///absolute/path`` URL of a local backend."""
-    from urllib.parse import unquote
-
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise ConfigurationError(
-            f"{label} URL {url!r} names a host ({parts.netloc!r}); use {example} (three slashes)"
-        )
-    path = unquote(parts.path)
-    if not path or path == "/":
-        raise ConfigurationError(f"{label} URL {url!r} has no path; use {example}")
-    if not path.startswith("/"):
-        raise ConfigurationError(f"{label} URL {url!r} needs an absolute path; use {example}")
-    return path
+    return f"sqlite:///{default_sqlite_path()}"
 
 
 def manager_class(scheme: str) -> type[BaseLockManager]:
@@ -182,7 +141,7 @@ def _from_url(url: str, options: Mapping[str, Any]) -> BaseLockManager:
     scheme = urlsplit(url).scheme
     if not scheme:
         raise ConfigurationError(
-            f"{_redact(url)!r} is not a URL; use one of: {', '.join(s + '://' for s in schemes())}"
+            f"{redact(url)!r} is not a URL; use one of: {', '.join(s + '://' for s in schemes())}"
         )
     cls = manager_class(scheme)
     check_url_form(url)
@@ -197,14 +156,3 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-redact = _redact

@@ -15,11 +15,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from _support import eventually, need_module, unavailable
 
 RUN_AS = "postgres"  # an unprivileged account; created if missing when running as root
 
@@ -37,8 +38,7 @@ def _pg_bin(name: str) -> str:
     for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (root / name).exists():
             return str(root / name)
-    pytest.skip(f"{name} is not installed")
-    raise AssertionError  # unreachable
+    unavailable(f"{name} is not installed")
 
 
 def _as_user(cmd: list[str]) -> list[str]:
@@ -61,19 +61,17 @@ def _chown(path: Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def _wait_connectable(url: str, deadline: float) -> None:
+def _wait_connectable(url: str, timeout: float = 30) -> None:
+    """Wait until the server at ``url`` answers a query: connection errors mean "not yet"."""
+    need_module("psycopg", "postgres")
     import psycopg
 
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            with psycopg.connect(url, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-                return
-        except psycopg.Error as exc:
-            last = exc
-            time.sleep(0.05)  # polling a condition with a deadline
-    raise RuntimeError(f"server at {url} did not accept connections: {last}")
+    def answers() -> bool:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    eventually(answers, timeout, f"the server at {url} to accept connections", ignoring=psycopg.Error, interval=0.05)
 
 
 class PrivatePostgres:
@@ -115,7 +113,7 @@ class PrivatePostgres:
             check=True,
             capture_output=True,
         )
-        _wait_connectable(self.url, time.monotonic() + 30)
+        _wait_connectable(self.url)
 
     def stop(self, mode: str = "fast") -> None:
         if self._ours() is None:
@@ -144,7 +142,7 @@ class PgBouncer:
     def __init__(self, server: PrivatePostgres) -> None:
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not Path(binary).exists():
-            pytest.skip("pgbouncer is not installed (scripts/ci-system-deps.sh installs it)")
+            unavailable("pgbouncer is not installed (scripts/ci-system-deps.sh installs it)")
         self.dir = Path(tempfile.mkdtemp(prefix="txlock-pgb-"))
         _chown(self.dir)
         self.port = _free_port()
@@ -172,7 +170,7 @@ class PgBouncer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_connectable(self.url, time.monotonic() + 30)
+        _wait_connectable(self.url)
 
     def destroy(self) -> None:
         self.proc.terminate()
@@ -189,7 +187,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     """A private PostgreSQL server for this test session (tests may stop and restart it,
     and must leave it running)."""
     if shutil.which("pg_ctl") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
-        pytest.skip("pg_ctl is not installed")
+        unavailable("pg_ctl is not installed")
     server = PrivatePostgres()
     try:
         yield server

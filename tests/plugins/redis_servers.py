@@ -12,12 +12,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
+
+from _support import eventually, need_module, unavailable
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -42,17 +46,17 @@ def _free_port(also_free: int | None = None) -> int:
     raise RuntimeError("no free port pair found")
 
 
+def _redis() -> Any:
+    """The ``redis`` client module, or :func:`unavailable` if it is not installed."""
+    need_module("redis", "redis")
+    import redis
+
+    return redis
+
+
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    """Wait for a server to come up: connection errors mean "not yet"."""
+    eventually(predicate, timeout, what, ignoring=(_redis().RedisError, OSError), interval=0.01)
 
 
 class RedisServer:
@@ -62,7 +66,7 @@ class RedisServer:
     def __init__(self, directory: Path, *, unix: bool = False, password: str | None = None,
                  args: tuple[str, ...] = ()) -> None:
         if REDIS_SERVER is None:
-            pytest.skip("redis-server is not installed")
+            unavailable("redis-server is not installed (scripts/ci-system-deps.sh installs it)")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.socket = directory / "redis.sock" if unix else None
@@ -80,6 +84,7 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
+        redis = _redis()
         if self.socket is not None:
             return redis.Redis(unix_socket_path=str(self.socket), password=self.password, socket_timeout=5)
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
@@ -143,7 +148,8 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     """A real 3-master Redis Cluster on loopback for the whole session, as a
     ``redis+cluster://127.0.0.1:<port>`` URL."""
     if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip("redis-server / redis-cli are not installed")
+        unavailable("redis-server / redis-cli are not installed (scripts/ci-system-deps.sh installs them)")
+    redis = _redis()
     root = tmp_path_factory.mktemp("redis-cluster")
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []

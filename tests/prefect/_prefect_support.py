@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _support import eventually
+
 if TYPE_CHECKING:
     import pytest
     from prefect.results import ResultStore
@@ -109,15 +111,6 @@ def assert_serial(events: list[tuple[str, str]]) -> int:
     return sections
 
 
-def wait_until(condition: Any, what: str, deadline: float = DEADLINE) -> None:
-    """Poll ``condition()`` until true; fail naming ``what`` after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
-        time.sleep(0.005)
-
-
 # ---------------------------------------------------------------- inside any process
 
 
@@ -177,7 +170,7 @@ def warm() -> None:
 def gate(gate_dir: str, parties: int) -> None:
     """A barrier across processes: announce arrival, wait until ``parties`` have arrived."""
     Path(gate_dir, _who().replace(":", "-")).touch()
-    wait_until(lambda: len(os.listdir(gate_dir)) >= parties, f"{parties} processes at the gate")
+    eventually(lambda: len(os.listdir(gate_dir)) >= parties, DEADLINE, f"{parties} processes at the gate")
 
 
 def serial_transactions(

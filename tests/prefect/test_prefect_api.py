@@ -19,13 +19,14 @@ from urllib.parse import urlencode
 
 import cloudpickle
 import pytest
-from _prefect_support import manager_url, result_store, wait_until
+from _prefect_support import DEADLINE, manager_url, result_store
 from prefect.cache_policies import INPUTS, CachePolicy
 from prefect.locking.protocol import LockManager
 from prefect.results import ResultStore
 from prefect.transactions import CommitMode, IsolationLevel, TransactionState, atransaction, transaction
 
 import txlock
+from _support import eventually
 
 pytestmark = pytest.mark.prefect
 
@@ -213,7 +214,8 @@ def test_raising_mode_waits_for_a_release_within_the_bound(
     worker.start()
     try:
         if manager.capabilities.counts_waiters:
-            wait_until(lambda: (info := manager.inspect(key)) is not None and bool(info.waiters), "a queued waiter")
+            eventually(lambda: (info := manager.inspect(key)) is not None and bool(info.waiters), DEADLINE,
+                       "a queued waiter")
         assert not inside.is_set()
     finally:
         manager.release_lock(key, "blocker")

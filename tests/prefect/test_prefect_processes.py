@@ -28,12 +28,12 @@ from _prefect_support import (
     read_log,
     result_store,
     serial_transactions,
-    wait_until,
     warm,
 )
 from prefect.transactions import IsolationLevel, transaction
 
 import txlock
+from _support import eventually
 
 pytestmark = [pytest.mark.prefect, pytest.mark.processes]
 
@@ -139,7 +139,7 @@ def test_sigkilled_holder_frees_the_key_within_the_recovery_bound(
     worker = context.Process(target=hold_and_hang, args=(spanning, key, storage, str(ready)), daemon=True)
     worker.start()
     try:
-        wait_until(lambda: ready.exists() or not worker.is_alive(), "the worker to enter its transaction")
+        eventually(lambda: ready.exists() or not worker.is_alive(), DEADLINE, "the worker to enter its transaction")
         assert worker.is_alive(), f"worker exited with {worker.exitcode} before entering"
         assert spanning.is_locked(key), f"the worker is inside its transaction, yet {key!r} reads as free"
         os.kill(worker.pid or 0, signal.SIGKILL)

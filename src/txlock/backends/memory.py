@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -12,7 +11,10 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from txlock._errors import ConfigurationError
+from txlock._flows import Request
 from txlock._manager import BaseLockManager
+from txlock._options import common_options
+from txlock._per_process import PerProcess
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._waiter import Waiter
 
@@ -46,33 +48,17 @@ class _Store:
         self.clock: Callable[[], float] = time.monotonic
         self.offset = time.time() - time.monotonic()
 
-    def reset_after_fork(self) -> None:
-        # The threads and loops that were waiting do not exist in the child.
+    def reset_after_fork(self) -> bool:
+        """In a child made by fork: keep the holds, drop the waiters (their threads and
+        loops do not exist there)."""
         self.mutex = threading.Lock()
         self.queues.clear()
         self.watchers.clear()
+        return True
 
 
-_stores: dict[str, _Store] = {}
-_stores_mutex = threading.Lock()
-
-
-def _store(name: str) -> _Store:
-    store = _stores.get(name)
-    if store is None:
-        with _stores_mutex:
-            store = _stores.setdefault(name, _Store(name))
-    return store
-
-
-def _after_fork() -> None:
-    global _stores_mutex
-    _stores_mutex = threading.Lock()
-    for store in _stores.values():
-        store.reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+#: The stores of this process, by name.
+_stores: PerProcess[str, _Store] = PerProcess(after_fork=_Store.reset_after_fork)
 
 _INF = float("inf")
 
@@ -107,7 +93,7 @@ class MemoryLockManager(BaseLockManager):
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         self.name = name
-        self._store = _store(name)
+        self._store = _stores.get(name, lambda: _Store(name))
 
     # ------------------------------------------------------------------ identity
 
@@ -128,7 +114,7 @@ class MemoryLockManager(BaseLockManager):
         parts = urlsplit(url)
         if parts.path not in ("", "/"):
             raise ConfigurationError(f"memory URL {url!r} has a path; use memory:// or memory://NAME")
-        return cls(unquote(parts.netloc), **_common_options(options))
+        return cls(unquote(parts.netloc), **common_options(options, allowed=()))
 
     # ------------------------------------------------------------------ internals (store mutex held)
 
@@ -184,14 +170,17 @@ class MemoryLockManager(BaseLockManager):
         return None
 
     # ------------------------------------------------------------------ primitives
+    # The table lives in this process: each primitive does its work under the store's
+    # mutex when called and returns an answered request, ``(answer, None)``: no transport.
 
-    def _try_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Lease | Busy:
+
+    def _try_acquire(self, key: str, holder: str, ttl: float | None, waiter: Waiter | None) -> Request[Lease | Busy]:
         store = self._store
         with store.mutex:
             now = store.clock()
             if waiter is not None and waiter.lease is not None:
                 waiter.data = None
-                return waiter.lease
+                return waiter.lease, None
             hold = store.holds.get(key)
             if hold is not None and hold[_DEADLINE] <= now:
                 hold = self._vacate(store, key, now)
@@ -199,45 +188,45 @@ class MemoryLockManager(BaseLockManager):
                 token = next(store.tokens)
                 if ttl is None:
                     store.holds[key] = (holder, token, _INF, None, now)
-                    return _new_lease(Lease, (key, holder, token, None, None))
+                    return _new_lease(Lease, (key, holder, token, None, None)), None
                 store.holds[key] = (holder, token, now + ttl, ttl, now)
-                return _new_lease(Lease, (key, holder, token, store.offset + now + ttl, ttl))
+                return _new_lease(Lease, (key, holder, token, store.offset + now + ttl, ttl)), None
             if hold[_HOLDER] == holder:
                 # Idempotent re-acquire: same grant, expiry set to what this call asks for.
                 hold = (holder, hold[_TOKEN], _INF if ttl is None else now + ttl, ttl, hold[_ACQUIRED])
                 store.holds[key] = hold
                 if waiter is not None and waiter.data is not None:
                     self._dequeue(store, key, waiter)  # got it another way while queued
-                return self._lease(key, hold, now)
+                return self._lease(key, hold, now), None
             if waiter is not None and waiter.data is None:
                 waiter.data = (holder, ttl, _QUEUED, None)
                 queue = store.queues.get(key)
                 if queue is None:
                     queue = store.queues[key] = deque()
                 queue.append(waiter)
-            return Busy(hold[_HOLDER], hold[_DEADLINE] - now)
+            return Busy(hold[_HOLDER], hold[_DEADLINE] - now), None
 
-    def _release(self, key: str, holder: str) -> str | None:
+    def _release(self, key: str, holder: str) -> Request[str | None]:
         store = self._store
         with store.mutex:
             hold = store.holds.get(key)
             if hold is None:
-                return None
+                return None, None
             deadline = hold[_DEADLINE]
             if deadline != _INF:
                 now = store.clock()
                 if deadline <= now:
                     self._vacate(store, key, now)  # expired: release is a no-op
-                    return None
+                    return None, None
             if hold[_HOLDER] != holder:
-                return hold[_HOLDER]
+                return hold[_HOLDER], None
             if key in store.queues:
                 self._vacate(store, key, store.clock())
-                return None
+                return None, None
             del store.holds[key]
             if store.watchers:
                 self._wake_watchers(store, key)
-            return None
+            return None, None
 
     def _wake_watchers(self, store: _Store, key: str) -> None:
         watchers = store.watchers.pop(key, None)
@@ -245,23 +234,23 @@ class MemoryLockManager(BaseLockManager):
             for waiter in watchers:
                 waiter.wake()
 
-    def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Lease | None:
+    def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Request[Lease | None]:
         store = self._store
         with store.mutex:
             now = store.clock()
             hold = self._current(store, key, now)
             if hold is None or hold[_HOLDER] != holder or hold[_TOKEN] != token:
-                return None
+                return None, None
             hold = (holder, token, _INF if ttl is None else now + ttl, ttl, hold[_ACQUIRED])
             store.holds[key] = hold
-            return self._lease(key, hold, now)
+            return self._lease(key, hold, now), None
 
-    def _holder(self, key: str) -> str | None:
+    def _holder(self, key: str) -> Request[str | None]:
         # Lock-free read: a dict lookup is atomic, and an expired hold reads as free.
         hold = self._store.holds.get(key)
         if hold is None or (hold[_DEADLINE] != _INF and hold[_DEADLINE] <= self._store.clock()):
-            return None
-        return hold[_HOLDER]
+            return None, None
+        return hold[_HOLDER], None
 
     def _info(self, store: _Store, key: str, hold: _Hold, now: float) -> LockInfo:
         deadline = hold[_DEADLINE]
@@ -275,56 +264,51 @@ class MemoryLockManager(BaseLockManager):
             len(queue) if queue else 0,
         )
 
-    def _inspect(self, key: str) -> LockInfo | None:
+    def _inspect(self, key: str) -> Request[LockInfo | None]:
         store = self._store
         with store.mutex:
             now = store.clock()
             hold = self._current(store, key, now)
-            return None if hold is None else self._info(store, key, hold, now)
+            return None if hold is None else self._info(store, key, hold, now), None
 
-    def _list(self, prefix: str | None) -> list[LockInfo]:
+    def _list(self, prefix: str | None) -> Request[list[LockInfo]]:
         store = self._store
         with store.mutex:
             now = store.clock()
-            return [
+            infos = [
                 self._info(store, key, hold, now)
                 for key, hold in sorted(store.holds.items())
                 if hold[_DEADLINE] > now and (prefix is None or key.startswith(prefix))
             ]
+            return infos, None
 
-    def _force_release(self, key: str) -> bool:
+    def _force_release(self, key: str) -> Request[bool]:
         store = self._store
         with store.mutex:
             now = store.clock()
             if self._current(store, key, now) is None:
-                return False
+                return False, None
             self._vacate(store, key, now)
-            return True
+            return True, None
 
-    def _watch(self, key: str, waiter: Waiter | None) -> Busy | None:
+    def _watch(self, key: str, waiter: Waiter | None) -> Request[Busy | None]:
         store = self._store
         with store.mutex:
             now = store.clock()
             hold = self._current(store, key, now)
             if hold is None:
-                return None
+                return None, None
             if waiter is not None and waiter.data is None:
                 waiter.data = (None, None, _QUEUED, None)
                 store.watchers.setdefault(key, []).append(waiter)
-            return Busy(hold[_HOLDER], hold[_DEADLINE] - now)
+            return Busy(hold[_HOLDER], hold[_DEADLINE] - now), None
 
-    def _withdraw(self, key: str, waiter: Waiter) -> Lease | None:
+    def _withdraw(self, key: str, waiter: Waiter) -> Request[Lease | None]:
         store = self._store
         with store.mutex:
-            return self._dequeue(store, key, waiter)
+            return self._dequeue(store, key, waiter), None
 
     def _set_clock(self, clock: Callable[[], float]) -> None:
         """Drive this store's expiry from ``clock`` (tests only)."""
         self._store.offset = time.time() - clock()
         self._store.clock = clock
-
-
-def _common_options(options: Mapping[str, str]) -> dict[str, Any]:
-    from txlock._url import common_options
-
-    return common_options(options, allowed=())

@@ -1,0 +1,254 @@
+"""``lock()`` / ``alock()`` blocks: hold a key for a ``with`` block, renew it, report its loss.
+
+Blocks are reentrant per holder: the blocks of one (manager, key, holder) share one
+:class:`_Hold`, which takes the lock when the first block enters and releases it when the
+last one leaves. A background job of the process-wide scheduler renews a hold with a
+``ttl``; a renewal that finds the grant gone marks every block of the hold lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from txlock import _scheduler
+from txlock._errors import LockLost, LockTimeout
+from txlock._types import Lease
+from txlock._validate import check_hold_timeout, check_timeout
+
+if TYPE_CHECKING:
+    from txlock._manager import BaseLockManager
+
+__all__ = ["LockContext", "default_holder"]
+
+
+def default_holder() -> str:
+    """A holder name unique to this call: ``host:pid:random``."""
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class _Hold:
+    """One hold shared by the nested (or concurrent) blocks of one holder on one key.
+
+    ``blocks`` are the blocks inside it or entering it; the store is released when the last
+    leaves. A lost hold marks them all.
+    """
+
+    __slots__ = ("blocks", "guard", "job", "lease", "lost")
+
+    def __init__(self) -> None:
+        self.lease: Lease | None = None
+        self.lost = False
+        self.job: _scheduler.Job | None = None
+        self.blocks: list[LockContext] = []
+        self.guard = threading.Lock()
+
+
+#: The holds of the ``lock()`` / ``alock()`` blocks running in this process, by manager
+#: object, key and holder. An entry lives only while one of its blocks does (the blocks
+#: reference the manager, so its ``id`` cannot be reused meanwhile).
+_holds: dict[tuple[int, str, str], _Hold] = {}
+_holds_mutex = threading.Lock()
+
+
+def _reset_holds_mutex() -> None:
+    global _holds_mutex
+    _holds_mutex = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_holds_mutex)
+
+
+class LockContext:
+    """What :meth:`BaseLockManager.lock` and :meth:`~BaseLockManager.alock` return.
+
+    Use it with ``with`` (sync) or ``async with`` (async). Inside the block:
+
+    * ``lease`` is the current :class:`~txlock.Lease` (its ``token`` is the fencing token);
+    * ``lost`` turns ``True`` if the hold ends before the block does;
+    * ``check()`` raises :class:`~txlock.LockLost` if it has;
+    * ``nested`` is ``True`` when the block joined a hold another block already had.
+
+    Blocks are reentrant per holder: a block for a key and holder that this manager already
+    holds through another running block (nested in it, or in another thread or task) joins
+    that hold instead of acquiring again. Such a block takes no time, shares the outer
+    lease and token, and its ``timeout`` and ``ttl`` are not used; the store is released
+    when the last of the blocks exits.
+    """
+
+    def __init__(
+        self,
+        manager: BaseLockManager,
+        key: str,
+        holder: str | None,
+        timeout: float | None,
+        ttl: float | None,
+        on_lost: Callable[[Lease], object] | None,
+    ) -> None:
+        self.manager = manager
+        self.key = manager._valid_key(key)
+        self.holder = default_holder() if holder is None else manager._valid_holder(holder)
+        self.timeout = check_timeout(timeout, "timeout")
+        self.ttl = check_hold_timeout(ttl, "ttl")
+        self.on_lost = on_lost
+        self.lost = False
+        self.nested = False
+        self._hold: _Hold | None = None
+
+    def __repr__(self) -> str:
+        if self._hold is None:
+            state = "not entered"
+        elif self.lost:
+            state = "lost"
+        elif self._hold.lease is None:
+            state = "acquiring"
+        else:
+            state = f"held, token {self._hold.lease.token}" + (", nested" if self.nested else "")
+        return f"<LockContext key={self.key!r} holder={self.holder!r} {state} on {self.manager!r}>"
+
+    @property
+    def lease(self) -> Lease:
+        """The lease held by the block (raises ``RuntimeError`` outside the block)."""
+        hold = self._hold
+        if hold is None or hold.lease is None:
+            raise RuntimeError(f"lock {self.key!r} is not held by this context")
+        return hold.lease
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the current grant."""
+        return self.lease.token
+
+    def check(self) -> None:
+        """Raise :class:`~txlock.LockLost` if the hold has been lost."""
+        if self.lost:
+            raise LockLost(self.key, self.holder, "it expired or was released while the block ran")
+
+    # The shared halves of enter and exit; the four dunders below only do the I/O.
+
+    def _join(self) -> bool:
+        """Take part in this holder's hold on the key; ``True`` if it is already held."""
+        if self._hold is not None:
+            raise RuntimeError(
+                f"this lock({self.key!r}) context is already in use; call lock() again for a nested block"
+            )
+        ident = (id(self.manager), self.key, self.holder)
+        with _holds_mutex:
+            hold = _holds.get(ident)
+            if hold is None or hold.lost:
+                hold = _holds[ident] = _Hold()
+            hold.blocks.append(self)
+            self._hold = hold
+            self.lost = False
+            self.nested = hold.lease is not None
+            return self.nested
+
+    def _entered(self, lease: Lease) -> LockContext:
+        hold = self._hold
+        assert hold is not None
+        if self.ttl is None:
+            hold.lease = lease  # no renewal job to race with (unless another block started one)
+            if hold.job is None:
+                return self
+        with hold.guard:
+            hold.lease = lease
+            if self.ttl is not None and hold.job is None:
+                renew = functools.partial(self._renew, self.manager, hold, self.ttl)
+                hold.job = _scheduler.schedule(renew, self.ttl / 3, name=f"renew {self.key!r}")
+        return self
+
+    def _timeout_error(self) -> LockTimeout:
+        return LockTimeout(self.key, self.timeout if self.timeout is not None else self.manager._default_timeout)
+
+    def _drop(self, hold: _Hold) -> bool:
+        """Leave the hold; ``True`` if this was its last block (then the store is released)."""
+        with _holds_mutex:
+            hold.blocks.remove(self)
+            if hold.blocks:
+                return False
+            ident = (id(self.manager), self.key, self.holder)
+            if _holds.get(ident) is hold:
+                del _holds[ident]
+            return hold.lease is not None
+
+    @staticmethod
+    def _renew(manager: BaseLockManager, hold: _Hold, ttl: float) -> bool:
+        with hold.guard:
+            lease = hold.lease
+            if lease is None or hold.lost or not hold.blocks:
+                return False
+            new = manager._call(manager._extend(lease.key, lease.holder, lease.token, ttl))
+            if new is not None:
+                hold.lease = new
+                return True
+            hold.lost = True
+            with _holds_mutex:
+                blocks = list(hold.blocks)
+        for block in blocks:
+            block.lost = True
+        for block in blocks:
+            if block.on_lost is not None:
+                block.on_lost(lease)
+        return False
+
+    def _leaving(self) -> bool:
+        """Leave the hold; ``True`` if the store must be released (the last block, not lost)."""
+        hold = self._hold
+        assert hold is not None
+        if not self._drop(hold):
+            return False
+        job = hold.job
+        if job is None:
+            return not hold.lost  # nothing renews it, so nothing else can change it
+        job.cancel()
+        hold.job = None
+        with hold.guard:  # a renewal in flight finishes first
+            return not hold.lost
+
+    def _left(self, other: str | None, failed: bool) -> None:
+        hold, self._hold = self._hold, None
+        if other is not None or (hold is not None and hold.lost):
+            self.lost = True
+        if self.lost and not failed:
+            self.check()
+
+    def __enter__(self) -> LockContext:
+        if self._join():
+            return self
+        try:
+            lease = self.manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            if lease is None:
+                raise self._timeout_error()
+        except BaseException:
+            # Another block of this holder may have been granted meanwhile and left.
+            other = self.manager._call(self.manager._release(self.key, self.holder)) if self._leaving() else None
+            self._left(other, True)
+            raise
+        return self._entered(lease)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        other = self.manager._call(self.manager._release(self.key, self.holder)) if self._leaving() else None
+        self._left(other, exc_type is not None)
+
+    async def __aenter__(self) -> LockContext:
+        if self._join():
+            return self
+        try:
+            lease = await self.manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            if lease is None:
+                raise self._timeout_error()
+        except BaseException:
+            other = await self.manager._acall(self.manager._release(self.key, self.holder)) if self._leaving() else None
+            self._left(other, True)
+            raise
+        return self._entered(lease)
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        other = await self.manager._acall(self.manager._release(self.key, self.holder)) if self._leaving() else None
+        self._left(other, exc_type is not None)

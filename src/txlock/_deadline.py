@@ -1,0 +1,63 @@
+"""The deadline of the current call, carried down to the stores' network calls.
+
+An acquire or wait with a timeout sets the monotonic time by which it must end, for the
+whole call, in a context variable. A store whose calls can stall (a network server, a
+SQLite file kept locked by another process) reads :func:`call_budget` and cuts each of its
+own waits to the time left plus :data:`DEADLINE_MARGIN`, so a mute server cannot keep a call
+past its deadline. Worker threads started with ``asyncio.to_thread`` copy the context, so
+they see the same deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextvars import ContextVar, Token
+
+__all__ = ["DEADLINE_MARGIN", "DeadlineScope", "call_budget", "deadline_scope", "monotonic_deadline"]
+
+#: Seconds past its deadline that an acquire or wait may take when the store does not
+#: answer: every network call it makes is cut off after the time left plus this margin, so
+#: one round trip always gets a fair chance, even with ``timeout=0``.
+DEADLINE_MARGIN = 1.0
+
+#: The monotonic time by which the current acquire or wait must end (``None``: no deadline).
+_call_deadline: ContextVar[float | None] = ContextVar("txlock_call_deadline", default=None)
+
+
+def call_budget() -> float | None:
+    """Seconds the current network call may take, or ``None`` when nothing bounds it."""
+    deadline = _call_deadline.get()
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0) + DEADLINE_MARGIN
+
+
+def monotonic_deadline(timeout: float | None) -> float:
+    """The ``time.monotonic()`` reading at which a wait of ``timeout`` seconds ends."""
+    if timeout is None or math.isinf(timeout):
+        return math.inf
+    return time.monotonic() + timeout
+
+
+class DeadlineScope:
+    """``with DeadlineScope(seconds):`` sets the call deadline for the block."""
+
+    __slots__ = ("deadline", "reset_token")
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def __enter__(self) -> None:
+        self.reset_token: Token[float | None] = _call_deadline.set(self.deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        _call_deadline.reset(self.reset_token)
+
+
+def deadline_scope(seconds: float | None) -> DeadlineScope | None:
+    """The scope that carries a call's deadline down to the store's calls, or ``None`` when
+    there is none to carry: no timeout, or a deadline already set by the call around this one."""
+    if seconds is None or seconds == math.inf or _call_deadline.get() is not None:
+        return None
+    return DeadlineScope(seconds)

@@ -1,0 +1,255 @@
+"""The only waiting loop, written once for both worlds, and the two drivers that run it.
+
+A backend implements *single-attempt, non-blocking primitives* (see
+:class:`~txlock._manager.BaseLockManager`). Each primitive returns a :data:`Request`: the
+*work* its store must do (a script and its arguments, a statement, an operation on a
+SQLite connection) and the function that *reads* the store's reply into the primitive's
+result. The manager's transport runs the work: ``_exec(work)`` in the sync world,
+``await _aexec(work)`` in the async one. So every primitive is written once, and each
+backend has exactly one sync and one async transport method. A request whose ``read`` is
+``None`` is already answered: its work *is* the answer (a store in this process that did
+its work when the primitive was called, or an answer known without I/O).
+
+The waiting logic is written once too, as generators (:func:`acquire_flow`,
+:func:`wait_flow`) that *yield* the steps they need:
+
+* a :data:`Request`: run it, send back what its ``read`` returns;
+* a :class:`Sleep`: sleep on the waiter until woken or the time is up, send back ``True``
+  if woken;
+* :data:`NEW_WAITER`: send back a new waiter of the driver's world;
+* :data:`CHECKPOINT`: nothing to do; where a cancellation that arrived while a request was
+  in flight is delivered, now that the flow knows the outcome.
+
+:func:`run_flow` runs those steps with blocking calls; :func:`arun_flow` with ``await``.
+The drivers hold no locking logic, only the mechanics of their world.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+
+from txlock._deadline import monotonic_deadline
+from txlock._types import Busy, Lease
+from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
+
+if TYPE_CHECKING:
+    from txlock._manager import BaseLockManager
+
+__all__ = [
+    "CHECKPOINT",
+    "NEW_WAITER",
+    "Flow",
+    "Request",
+    "Sleep",
+    "acquire_flow",
+    "arun_flow",
+    "no_io",
+    "run_flow",
+    "wait_flow",
+]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: What a primitive returns: ``(work, read)``. The manager's transport executes ``work``
+#: and ``read`` turns the reply into the primitive's result. ``read`` is ``None`` when no
+#: I/O is needed: then ``work`` is the answer itself. A plain tuple, the cheapest object
+#: CPython builds: primitives sit on every call's path.
+Request: TypeAlias = tuple[Any, Callable[[Any], R] | None]
+
+#: The request of a primitive with nothing to do and nothing to say.
+NOTHING: Final[Request[None]] = (None, None)
+
+
+def no_io(value: R) -> Request[R]:
+    """A request answered without I/O: ``value`` is its answer."""
+    return value, None
+
+
+class Sleep:
+    """Step: sleep on ``waiter`` for at most ``seconds``; the driver sends back ``True`` if woken."""
+
+    __slots__ = ("seconds", "waiter")
+
+    def __init__(self, waiter: Waiter, seconds: float) -> None:
+        self.waiter = waiter
+        self.seconds = seconds
+
+
+class _Marker(enum.Enum):
+    NEW_WAITER = "new waiter"
+    CHECKPOINT = "checkpoint"
+
+
+#: Step: the driver sends back a new waiter of its world.
+NEW_WAITER: Final = _Marker.NEW_WAITER
+#: Step: nothing to do; a deferred cancellation is delivered here.
+CHECKPOINT: Final = _Marker.CHECKPOINT
+
+Step: TypeAlias = Request[Any] | Sleep | _Marker
+Flow: TypeAlias = Generator[Step, Any, T]
+
+
+def acquire_flow(
+    manager: BaseLockManager, key: str, holder: str, ttl: float | None, timeout: float | None,
+    first: Lease | Busy | None,
+) -> Flow[Lease | None]:
+    """Acquire ``key`` for ``holder`` within ``timeout``; the lease, or ``None`` on timeout.
+
+    ``first`` is the outcome of an attempt already made by the caller (``None``: none yet).
+    """
+    deadline = monotonic_deadline(timeout)
+    result: Lease | Busy | None = first
+    waiter: Waiter | None = None
+    try:
+        if result is None:
+            result = yield manager._try_acquire(key, holder, ttl, None)
+        while not isinstance(result, Lease):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if waiter is None:
+                    return None
+                # The backend may have handed us the lock as we gave up: keep it.
+                result = yield manager._withdraw(key, waiter)
+                waiter = None
+                if result is None:
+                    return None
+                break
+            if waiter is None:
+                waiter = yield NEW_WAITER
+            else:
+                assert isinstance(result, Busy)
+                yield Sleep(waiter, min(remaining, result.retry_after))
+                if waiter.lease is not None:  # handed over directly: nothing to ask
+                    result = waiter.lease
+                    break
+            # Register (first time), then look again: a release between the last look
+            # and the registration must not be missed.
+            result = yield manager._try_acquire(key, holder, ttl, waiter)
+        # A cancellation that arrived while the granting request was in flight is
+        # delivered here, inside the try, so the grant is released, not leaked.
+        yield CHECKPOINT
+        return result  # type: ignore[return-value]  # a Lease: the loop only ends on one
+    except BaseException:
+        # Cancelled or interrupted: leave no hold and no queue entry behind. A grant
+        # that landed is released, which hands the lock on to the next waiter.
+        late = None
+        if waiter is not None:
+            late = yield manager._withdraw(key, waiter)
+        if late is not None or isinstance(result, Lease):
+            yield manager._release(key, holder)
+        raise
+
+
+def wait_flow(manager: BaseLockManager, key: str, timeout: float | None) -> Flow[bool]:
+    """Wait until ``key`` is free, without taking it; ``False`` on timeout."""
+    deadline = monotonic_deadline(timeout)
+    state = yield manager._watch(key, None)
+    if state is None:
+        return True
+    if deadline <= time.monotonic():
+        return False
+    waiter = yield NEW_WAITER
+    try:
+        while True:
+            state = yield manager._watch(key, waiter)
+            if state is None:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            yield Sleep(waiter, min(remaining, state.retry_after))
+    finally:
+        yield manager._withdraw(key, waiter)
+
+
+def run_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
+    """Run ``flow`` on this thread, blocking."""
+    value: Any = None
+    exc: BaseException | None = None
+    while True:
+        try:
+            step = flow.send(value) if exc is None else flow.throw(exc)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        exc = None
+        try:
+            if type(step) is tuple:
+                work, read = step
+                value = work if read is None else read(manager._exec(work))
+            elif type(step) is Sleep:
+                waiter = step.waiter
+                assert isinstance(waiter, ThreadWaiter)
+                value = waiter.wait(step.seconds)
+            elif step is NEW_WAITER:
+                value = ThreadWaiter()
+            else:
+                value = None
+        except BaseException as error:  # KeyboardInterrupt too: the flow cleans up
+            exc = error
+
+
+async def arun_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
+    """Run ``flow`` on the running event loop.
+
+    On a store whose transport does network I/O, a request in flight is completed even if
+    the task is cancelled meanwhile; the cancellation is delivered to the flow once the
+    outcome is known, so a grant that landed is released instead of leaked.
+    """
+    value: Any = None
+    exc: BaseException | None = None
+    deferred: BaseException | None = None
+    while True:
+        try:
+            step = flow.send(value) if exc is None else flow.throw(exc)
+        except StopIteration as stop:
+            if deferred is not None:
+                raise deferred from None
+            return stop.value  # type: ignore[no-any-return]
+        exc = None
+        if deferred is not None:
+            # A cancellation arrived while a request was in flight: deliver it now that the
+            # flow knows the request's outcome.
+            exc, deferred, value = deferred, None, None
+            continue
+        try:
+            if type(step) is tuple:
+                work, read = step
+                if read is None:
+                    value = work
+                elif manager._async_io:
+                    reply, deferred = await _complete(manager._aexec(work))
+                    value = read(reply)
+                else:
+                    value = read(await manager._aexec(work))
+            elif type(step) is Sleep:
+                waiter = step.waiter
+                assert isinstance(waiter, AsyncWaiter)
+                value = await waiter.wait(step.seconds)
+            elif step is NEW_WAITER:
+                value = AsyncWaiter()
+            else:
+                value = None
+        except BaseException as error:
+            exc = error
+
+
+async def _complete(call: Any) -> tuple[Any, BaseException | None]:
+    """Await ``call`` to completion even if the caller is cancelled meanwhile.
+
+    Returns the result and the cancellation to deliver afterwards (or ``None``).
+    """
+    import asyncio  # here, not at the top: asyncio costs start-up time to sync-only users
+
+    task = asyncio.ensure_future(call)
+    deferred: BaseException | None = None
+    while True:
+        try:
+            return await asyncio.shield(task), deferred
+        except asyncio.CancelledError as cancel:
+            if task.done() and task.cancelled():
+                raise
+            deferred = cancel

@@ -1,0 +1,111 @@
+"""The calls of this process that wait, per channel: one table shared by the backends.
+
+A *channel* is whatever a backend's wake-up signal names: a lock file, a SQLite bucket, a
+Redis key's hash, a PostgreSQL notification channel. A backend registers a waiter on the
+channels it waits for, with an *entry* of its own (what it needs to know about that waiter:
+whether it acquires or only watches, its queue ticket, ...), and wakes the channel's
+waiters when its signal arrives. Waiters of a channel keep their arrival order.
+
+Thread-safe: signals arrive on listener threads while waiters register from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from txlock._waiter import Waiter
+
+__all__ = ["WaiterTable"]
+
+C = TypeVar("C", bound=Hashable)
+E = TypeVar("E")
+
+
+class WaiterTable(Generic[C, E]):
+    """Waiters by channel, in arrival order, each with its backend's entry."""
+
+    __slots__ = ("channels", "mutex")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.channels: dict[C, dict[Waiter, E]] = {}
+
+    def add(self, channel: C, waiter: Waiter, entry: E) -> bool:
+        """Register ``waiter`` on ``channel``; ``False`` if it already was (it keeps its place)."""
+        with self.mutex:
+            waiters = self.channels.get(channel)
+            if waiters is None:
+                waiters = self.channels[channel] = {}
+            elif waiter in waiters:
+                return False
+            waiters[waiter] = entry
+            return True
+
+    def discard(self, channel: C, waiter: Waiter) -> E | None:
+        """Unregister ``waiter`` from ``channel``; its entry, or ``None`` if it was not there."""
+        with self.mutex:
+            waiters = self.channels.get(channel)
+            if waiters is None:
+                return None
+            entry = waiters.pop(waiter, None)
+            if not waiters:
+                del self.channels[channel]
+            return entry
+
+    def entries(self, channel: C) -> list[tuple[Waiter, E]]:
+        """The waiters of ``channel`` and their entries, in arrival order (a copy)."""
+        with self.mutex:
+            return list(self.channels.get(channel, {}).items())
+
+    def count(self, channel: C, where: Callable[[E], bool] | None = None) -> int:
+        """How many waiters ``channel`` has (whose entry satisfies ``where``)."""
+        with self.mutex:
+            waiters = self.channels.get(channel)
+            if not waiters:
+                return 0
+            if where is None:
+                return len(waiters)
+            return sum(1 for entry in waiters.values() if where(entry))
+
+    def total(self) -> int:
+        """How many registrations the table holds, over every channel."""
+        with self.mutex:
+            return sum(len(waiters) for waiters in self.channels.values())
+
+    def wake(self, channel: C) -> None:
+        """Wake every waiter of ``channel``."""
+        if not self.channels:  # the common case on a release nobody waits for: no mutex
+            return
+        for waiter, _ in self.entries(channel):
+            waiter.wake()
+
+    def wake_first(self, channel: C, acquires: Callable[[E], bool]) -> None:
+        """Wake the first waiter of ``channel`` whose entry ``acquires`` and every waiter
+        whose entry does not (calls that only wait for the key to be free). One acquirer
+        per release, not all: a release must not stampede every waiting thread."""
+        if not self.channels:
+            return
+        chosen: list[Waiter] = []
+        first = True
+        for waiter, entry in self.entries(channel):
+            if not acquires(entry):
+                chosen.append(waiter)
+            elif first:
+                chosen.append(waiter)
+                first = False
+        for waiter in chosen:
+            waiter.wake()
+
+    def wake_all(self) -> None:
+        """Wake every waiter of every channel (signals were lost: everyone looks again)."""
+        with self.mutex:
+            waiters = [waiter for channel in self.channels.values() for waiter in channel]
+        for waiter in waiters:
+            waiter.wake()
+
+    def reset_after_fork(self) -> None:
+        """In a child made by ``fork``: the waiting threads and loops do not exist there."""
+        self.mutex = threading.Lock()
+        self.channels = {}

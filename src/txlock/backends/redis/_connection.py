@@ -1,0 +1,329 @@
+"""Connections to Redis: the clients of one manager, the gate that queues callers for them,
+connections whose reads end by the call's deadline, and the one place where redis-py's
+errors become txlock's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
+import redis.connection
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from txlock._deadline import DEADLINE_MARGIN, call_budget
+from txlock._errors import BackendError, BackendUnavailable
+from txlock._options import hide_password
+from txlock.backends.redis._url import RedisUrl
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DRIVER_ERRORS",
+    "Clients",
+    "Gate",
+    "new_client",
+    "translate",
+    "within_budget",
+]
+
+#: Commands one manager keeps in flight at once per client (per event loop for async):
+#: the size of its connection pool too, unless the URL's ``max_connections`` says
+#: otherwise. Callers beyond it queue for a connection (redis-py >= 8.2 would refuse them
+#: with ``MaxConnectionsError``); Redis runs commands one at a time, so more connections
+#: from one process add no throughput.
+DEFAULT_MAX_CONNECTIONS = 32
+
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+#: What the transport catches; everything else is a bug and propagates as is.
+DRIVER_ERRORS = (RedisError, redis.exceptions.RedisClusterException, OSError)
+
+
+def translate(exc: BaseException, where: str, secret: str | None) -> BackendError:
+    """The one place where redis-py's exceptions become txlock's (password scrubbed)."""
+    detail = hide_password(f"{type(exc).__name__}: {exc}")
+    if secret:
+        detail = detail.replace(secret, "***")
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return BackendUnavailable(f"Redis at {where} refused the credentials ({detail}); check the URL's password")
+    if isinstance(exc, _UNAVAILABLE):
+        return BackendUnavailable(
+            f"Redis at {where} is unavailable ({detail}); check that the server is running and "
+            "reachable. The next call reconnects."
+        )
+    return BackendError(f"Redis at {where} failed ({detail})")
+
+
+# ---------------------------------------------------------------------------- deadlines
+
+
+class _DeadlineConnection:
+    """A redis-py connection whose connects and reads end by the current call's deadline.
+
+    An acquire or wait with a timeout sets that deadline (``call_budget``); the socket
+    timeout then shrinks to the time left plus ``DEADLINE_MARGIN``, so a server that
+    accepts connections and never answers costs the caller its timeout, not
+    ``socket_timeout``. Without a deadline nothing changes.
+    """
+
+    _sock: Any
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+
+    def connect(self) -> None:
+        budget = call_budget()
+        saved = self.socket_connect_timeout
+        if budget is None or self._sock is not None or (saved is not None and budget >= saved):
+            return super().connect()  # type: ignore[misc,no-any-return]
+        self.socket_connect_timeout = budget
+        try:
+            super().connect()  # type: ignore[misc]
+        finally:
+            self.socket_connect_timeout = saved
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        budget = call_budget()
+        sock = self._sock
+        if budget is None or sock is None or (self.socket_timeout is not None and budget >= self.socket_timeout):
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        sock.settimeout(budget)
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if self._sock is sock:
+                sock.settimeout(self.socket_timeout)
+
+
+class _TcpConnection(_DeadlineConnection, redis.connection.Connection):
+    pass
+
+
+class _TlsConnection(_DeadlineConnection, redis.connection.SSLConnection):
+    pass
+
+
+class _UnixConnection(_DeadlineConnection, redis.connection.UnixDomainSocketConnection):
+    pass
+
+
+_CONNECTIONS = {"redis": _TcpConnection, "rediss": _TlsConnection, "unix": _UnixConnection}
+
+
+async def within_budget(call: Any) -> Any:
+    """Await ``call``, cut off by the current call's deadline (plus the margin), if any.
+
+    The asyncio counterpart of the deadline connections above (asyncio clients read
+    through their own stream classes)."""
+    budget = call_budget()
+    if budget is None:
+        return await call
+    try:
+        async with asyncio.timeout(budget):
+            return await call
+    except TimeoutError:
+        raise redis.exceptions.TimeoutError(
+            f"no reply within the call's timeout + {DEADLINE_MARGIN:g}s"
+        ) from None  # translated with the others: BackendUnavailable
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+def _client_options(url: RedisUrl, *, asynchronous: bool) -> dict[str, Any]:
+    # A connect or a reply that never comes (server stopped, half-open connection) must
+    # become a clear BackendUnavailable, not a hang: redis-py waits forever by default.
+    # Every command txlock sends is a short script, so 30 s without a reply means the
+    # server is gone. The URL's socket_connect_timeout / socket_timeout win. The pool
+    # is sized to the gate (Gate) that queues callers for its connections.
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 10, "socket_timeout": 30,
+                              "max_connections": url.max_connections}
+    if url.cluster:
+        return kwargs
+    # Fail fast when the server is down (redis-py's default retries for ~2 s), but
+    # still retry once so that a pooled connection dropped by a restart reconnects.
+    # Each world takes its own Retry class: redis-py >= 8.2 warns about, and replaces,
+    # a sync Retry given to an asyncio client.
+    # Only a failed connection is retried: a reply that did not come within
+    # socket_timeout means the server is not answering, and asking twice more would
+    # triple the wait (and a retried script may already have run).
+    backoff = ExponentialWithJitterBackoff(cap=0.05, base=0.005)
+    errors = (redis.exceptions.ConnectionError,)
+    if asynchronous:
+        kwargs["retry"] = redis.asyncio.retry.Retry(backoff, 2, supported_errors=errors)
+    else:
+        kwargs["retry"] = Retry(backoff, 2, supported_errors=errors)
+        kwargs["connection_class"] = _CONNECTIONS[url.scheme]
+    return kwargs
+
+
+def new_client(url: RedisUrl, *, asynchronous: bool) -> Any:
+    """A new redis-py client for ``url``: sync or asyncio, single server or Cluster."""
+    kwargs = _client_options(url, asynchronous=asynchronous)
+    if url.cluster:
+        kind: Any = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
+    else:
+        kind = redis.asyncio.Redis if asynchronous else redis.Redis
+    return kind.from_url(url.redis_url, **kwargs)
+
+
+def given_max_connections(client: Any, async_client: Any) -> int:
+    """How many commands to keep in flight on caller-supplied clients: what their pools
+    allow, less the two connections of the wake-up listener and the heartbeat (which use
+    the sync client), and no more than the default."""
+    sizes = [size for size in (_pool_size(client), _pool_size(async_client)) if size is not None]
+    return max(1, min([DEFAULT_MAX_CONNECTIONS, *(size - 2 for size in sizes)]))
+
+
+def _pool_size(client: Any) -> int | None:
+    """The ``max_connections`` of a caller-supplied client's pool, when it has one."""
+    size = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+class Gate:
+    """Queues callers for a client's connections: at most ``size`` commands in flight from
+    threads (sync) and ``size`` per event loop (async). A caller beyond that waits for a
+    connection instead of getting redis-py's ``MaxConnectionsError``; a parked waiter holds
+    no connection at all (it waits on its :class:`~txlock._waiter.Waiter`, outside the gate)."""
+
+    __slots__ = ("_loops", "size", "threads")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.threads = threading.BoundedSemaphore(size)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def tasks(self) -> asyncio.Semaphore:
+        """The running loop's semaphore (each loop has its own client, hence its own pool)."""
+        loop = asyncio.get_running_loop()
+        semaphore = self._loops.get(loop)
+        if semaphore is None:
+            semaphore = self._loops.setdefault(loop, asyncio.Semaphore(self.size))
+        return semaphore
+
+
+class Clients:
+    """The clients one manager talks through: one sync client, and one asyncio client per
+    event loop (an asyncio client belongs to its loop), each made on first use; or the
+    caller's own clients, used as given and never closed here."""
+
+    def __init__(self, url: RedisUrl | None, given: tuple[Any, Any] | None) -> None:
+        self.url = url
+        self.given = given
+        self._sync: Any = None if given is None else given[0]
+        self._loops: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._mutex = threading.Lock()
+
+    def new(self, *, asynchronous: bool) -> Any:
+        assert self.url is not None, "caller-supplied clients are not made here"
+        return new_client(self.url, asynchronous=asynchronous)
+
+    def sync(self) -> Any:
+        """The sync client (made on first use, again after :meth:`close`)."""
+        client = self._sync
+        if client is None:
+            with self._mutex:
+                if self._sync is None:
+                    self._sync = self.new(asynchronous=False)
+                client = self._sync
+        return client
+
+    async def of_this_loop(self) -> Any:
+        """The asyncio client of the running loop; closed when that loop shuts down
+        (``asyncio.run`` calls ``shutdown_asyncgens`` before closing the loop)."""
+        if self.given is not None:
+            return self.given[1]
+        loop = asyncio.get_running_loop()
+        client = self._loops.get(loop)
+        if client is None:
+            with self._mutex:
+                client = self._loops.get(loop)
+                if client is None:
+                    client = self._loops[loop] = self.new(asynchronous=True)
+                    closer = self._closers[loop] = _closer(client)
+                else:
+                    closer = None
+            if closer is not None:
+                await anext(closer)  # registers it with the loop's shutdown_asyncgens
+        return client
+
+    def close(self) -> None:
+        """Close the clients made here (a later call makes new ones)."""
+        if self.given is not None:
+            return  # the caller's clients are the caller's to close
+        with self._mutex:
+            sync, self._sync = self._sync, None
+            loops, self._loops = self._loops, {}
+            self._closers = {}
+        if sync is not None:
+            with contextlib.suppress(Exception):
+                sync.close()
+        for loop, client in loops.items():
+            _close_async_client(loop, client)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, awaiting the close of the running loop's client."""
+        if self.given is not None:
+            return
+        loop = asyncio.get_running_loop()
+        with self._mutex:
+            client = self._loops.pop(loop, None)
+            self._closers.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+
+async def _closer(client: Any) -> AsyncIterator[None]:
+    """An async generator whose ``finally`` closes ``client`` when its event loop shuts
+    down (``asyncio.run`` calls ``shutdown_asyncgens`` before closing the loop)."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+_closing: set[asyncio.Task[Any]] = set()
+
+
+def _close_async_client(loop: asyncio.AbstractEventLoop, client: Any) -> None:
+    """Close an async client from outside its loop, whatever state that loop is in."""
+    if loop.is_closed():
+        return  # its sockets were closed with the loop's shutdown, or are beyond reach
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task = loop.create_task(client.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+    elif loop.is_running():
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(5)
+    else:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(client.aclose())

@@ -1,0 +1,298 @@
+"""What one process shares per Redis server: the wake-up listener and the heartbeat.
+
+The listener is one pub/sub connection and thread per process and server, subscribed to a
+channel of its own (``txlock:wake:<random>``). A script that hands a lock to a queued
+waiter publishes the grant there (``g <waiter id> <token> <now ms> <life ms>``); one that
+frees a key a ``wait_for_lock`` call watches publishes ``f <waiter id>``. The listener wakes
+that waiter, whatever its world (a thread or an event-loop task). The heartbeat is one job
+on txlock's scheduler thread that renews every process-bound hold of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
+
+from txlock import _scheduler
+from txlock._deadline import call_budget
+from txlock._errors import BackendUnavailable
+from txlock._per_process import PerProcess
+from txlock._types import Lease
+from txlock._waiter import Waiter
+from txlock._waitlist import WaiterTable
+from txlock.backends.redis._connection import DRIVER_ERRORS, translate
+from txlock.backends.redis._requests import lease_of
+from txlock.backends.redis._scripts import HEARTBEAT
+
+__all__ = ["Hub", "WaitState", "hubs"]
+
+log = logging.getLogger("txlock.redis")
+
+#: Longest wait for the wake-up subscription before a waiter queues in Redis.
+SUBSCRIBE_WAIT = 10.0
+#: Seconds a listener with no local waiters stays subscribed.
+LISTENER_IDLE = 10.0
+#: Hold keys per heartbeat script on a single server (Cluster: one call per slot).
+HEARTBEAT_BATCH = 1000
+
+
+class WaitState:
+    """What a queued waiter (or ``wait_for_lock`` watcher) carries in ``Waiter.data``: what
+    the listener needs to turn a grant pushed by a release into the waiter's lease."""
+
+    __slots__ = ("entry", "hold_key", "holder", "hub", "key", "liveness_ms", "ttl", "waiter_id")
+
+    def __init__(
+        self, hub: Hub, waiter_id: str, key: str, hold_key: bytes, holder: str | None, ttl: float | None,
+        liveness_ms: int,
+    ) -> None:
+        self.hub = hub
+        self.waiter_id = waiter_id
+        self.key = key
+        self.hold_key = hold_key
+        self.holder = holder  # None for a wait_for_lock watcher
+        self.ttl = ttl
+        self.liveness_ms = liveness_ms
+        #: A watcher's entry in the key's watcher set: where to tell it the key is free.
+        self.entry = "" if holder is not None else f"{hub.channel} {waiter_id}"
+
+
+class Hub:
+    """The wake-up listener and the heartbeat of this process for one Redis server.
+
+    Its waiter table is keyed by waiter id: the server picks the waiter a message is for
+    (the head of the key's queue), so each id is a channel with one waiter.
+    """
+
+    def __init__(self, make_client: Callable[[], Any], where: str, secret: str | None, cluster: bool) -> None:
+        self._make_client = make_client
+        self.where = where
+        self._secret = secret
+        self.cluster = cluster
+        self.channel = f"txlock:wake:{uuid.uuid4().hex}"
+        self.lock = threading.Lock()
+        self.waiters: WaiterTable[str, WaitState] = WaiterTable()
+        self._ids = itertools.count(1)
+        self.ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.holds: dict[bytes, tuple[bytes, int]] = {}  # hold key -> (token, liveness ms)
+        self._renewed: dict[bytes, float] = {}  # hold key -> last successful renewal (monotonic)
+        self._failing = False
+        self._job: _scheduler.Job | None = None
+        self._interval = math.inf
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            with self.lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    # -- waiters and the listener
+
+    def add(
+        self, waiter: Waiter, key: str, hold_key: bytes, holder: str | None, ttl: float | None, liveness_ms: int
+    ) -> WaitState:
+        """Register ``waiter`` (an acquirer of ``holder``, or a watcher when ``None``)."""
+        state = WaitState(self, f"{self.channel[12:]}:{next(self._ids)}", key, hold_key, holder, ttl, liveness_ms)
+        waiter.data = state
+        with self.lock:  # not while the listener decides it is idle
+            self.waiters.add(state.waiter_id, waiter, state)
+        return state
+
+    def forget(self, waiter: Waiter, state: WaitState) -> None:
+        self.waiters.discard(state.waiter_id, waiter)
+        waiter.data = None
+
+    def track(self, hold_key: bytes, lease: Lease, liveness_ms: int) -> Lease:
+        """Put a process-bound hold under the heartbeat (or take a timed one off it)."""
+        if lease.ttl is None:
+            self.keep(hold_key, str(lease.token).encode(), liveness_ms)
+        else:
+            self.drop(hold_key)
+        return lease
+
+    def start(self) -> float:
+        """Start the listener if needed; how long a caller may wait for its subscription
+        (``ready``) before a waiter is queued in Redis: a release published before the
+        subscription would be lost."""
+        with self.lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, name="txlock-redis-listener", daemon=True)
+                self._thread.start()
+        budget = call_budget()  # an acquire with a timeout waits no longer than that
+        return SUBSCRIBE_WAIT if budget is None else min(SUBSCRIBE_WAIT, budget)
+
+    async def until_ready(self, timeout: float) -> bool:
+        """``ready.wait(timeout)`` for the event loop, parking no thread: the subscription is
+        made by the listener thread; the task looks at it with a short backoff (only while a
+        first subscription or a reconnection is under way)."""
+        give_up = time.monotonic() + timeout
+        delay = 0.0005
+        while not self.ready.is_set():
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def not_ready(self, timeout: float) -> BackendUnavailable:
+        error = self._error
+        detail = f" ({translate(error, self.where, self._secret)})" if error is not None else ""
+        return BackendUnavailable(
+            f"could not subscribe to wake-ups on Redis at {self.where} within {timeout:g}s{detail}"
+        )
+
+    def _listen(self) -> None:
+        pubsub: Any = None
+        delay = 0.05
+        idle_since: float | None = None
+        try:
+            while True:
+                with self.lock:
+                    if self.waiters.total():
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > LISTENER_IDLE:
+                        self.ready.clear()
+                        self._thread = None
+                        return
+                try:
+                    if pubsub is None:
+                        pubsub = self.client().pubsub()
+                        pubsub.subscribe(self.channel)
+                    # The raw reply: get_message()'s dict building is a measurable part
+                    # of the hand-off latency.
+                    message = pubsub.parse_response(block=False, timeout=0.5)
+                except DRIVER_ERRORS as exc:
+                    self.ready.clear()
+                    # Warn once per outage; the retries that follow are debug noise.
+                    level = logging.WARNING if self._error is None else logging.DEBUG
+                    self._error = exc
+                    if pubsub is not None:
+                        with contextlib.suppress(Exception):
+                            pubsub.close()
+                        pubsub = None
+                    log.log(level, "wake-up listener lost Redis at %s (%s); reconnecting", self.where,
+                            translate(exc, self.where, self._secret))
+                    self.waiters.wake_all()
+                    time.sleep(delay)  # back off before reconnecting (not ordering events)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if not message:
+                    continue
+                if message[0] == b"message":
+                    self._dispatch(message[2])
+                elif message[0] == b"subscribe":
+                    delay = 0.05
+                    self._error = None
+                    self.ready.set()
+                    self.waiters.wake_all()  # wake-ups sent while we were away are lost: re-check
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def _dispatch(self, data: bytes) -> None:
+        parts = data.split(b" ")
+        for waiter, state in self.waiters.entries(parts[1].decode()):
+            if parts[0] == b"g" and state.holder is not None:
+                # A release handed the lock to this waiter: its lease, with no round trip.
+                # The lease is set before the waiter is forgotten: a reader that finds no
+                # state (``Waiter.data``) finds the lease.
+                lease = lease_of(state.key, state.holder, state.ttl, int(parts[2]), int(parts[3]), int(parts[4]))
+                waiter.lease = self.track(state.hold_key, lease, state.liveness_ms)
+                self.forget(waiter, state)
+            waiter.wake()
+
+    # -- the heartbeat of process-bound holds
+
+    def keep(self, hold_key: bytes, token: bytes, liveness_ms: int) -> None:
+        """Renew this hold with the others until it is dropped or found lost."""
+        with self.lock:
+            self.holds[hold_key] = (token, liveness_ms)
+            self._renewed[hold_key] = time.monotonic()
+            interval = liveness_ms / 3000
+            if self._job is None or interval < self._interval:
+                if self._job is not None:
+                    self._job.cancel()
+                self._interval = interval
+                self._job = _scheduler.schedule(self._beat, interval, name=f"txlock heartbeat {self.where}")
+
+    def drop(self, hold_key: bytes, token: bytes | None = None) -> None:
+        """Stop renewing this hold (only if its grant is ``token``, when given)."""
+        with self.lock:
+            held = self.holds.get(hold_key)
+            if held is not None and (token is None or held[0] == token):
+                del self.holds[hold_key]
+                self._renewed.pop(hold_key, None)
+
+    def _beat(self) -> bool:
+        with self.lock:
+            if not self.holds:
+                self._job = None
+                self._interval = math.inf
+                return False
+            items = list(self.holds.items())
+        groups: dict[int, list[tuple[bytes, tuple[bytes, int]]]] = {}
+        if self.cluster:
+            for item in items:
+                groups.setdefault(key_slot(item[0]), []).append(item)
+        else:
+            groups = {start: items[start : start + HEARTBEAT_BATCH] for start in range(0, len(items), HEARTBEAT_BATCH)}
+        for group in groups.values():
+            self._renew(group)
+        return True
+
+    def _renew(self, group: list[tuple[bytes, tuple[bytes, int]]]) -> None:
+        keys = [hold_key for hold_key, _ in group]
+        args = [value for _, held in group for value in held]
+        started = time.monotonic()
+        try:
+            client = self.client()
+            try:
+                replies = client.evalsha(HEARTBEAT.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                replies = client.eval(HEARTBEAT.source, len(keys), *keys, *args)
+            lost = [group[int(index) - 1] for index in replies]
+        except DRIVER_ERRORS as exc:
+            level = logging.DEBUG if self._failing else logging.WARNING
+            self._failing = True
+            log.log(level, "heartbeat could not renew %d hold(s) on Redis at %s: %s", len(keys), self.where,
+                    translate(exc, self.where, self._secret))
+            # A hold not renewed for a whole liveness window has expired on the server: stop trying.
+            with self.lock:
+                lost = [(hold_key, held) for hold_key, held in group
+                        if started - self._renewed.get(hold_key, started) > held[1] / 1000]
+        else:
+            if self._failing:
+                self._failing = False
+                log.warning("heartbeat reached Redis at %s again", self.where)
+            with self.lock:
+                for hold_key in keys:
+                    if hold_key in self._renewed:
+                        self._renewed[hold_key] = started
+        for hold_key, (token, _) in lost:
+            log.info("process-bound hold %r is lost (expired, released or force-released)", hold_key)
+            self.drop(hold_key, token)
+
+
+#: This process's hubs, by server (a URL, or the identity of a caller-supplied client). A
+#: child made by ``fork`` forgets them: it has no listener thread, no waiters, and must
+#: never renew its parent's holds.
+hubs: PerProcess[tuple[Any, ...], Hub] = PerProcess()

@@ -1,0 +1,134 @@
+"""The work a primitive hands the transport, and the pure functions that read the replies.
+
+Three kinds of work, each executed by the manager's one ``_exec`` (sync) and one ``_aexec``
+(async):
+
+* :class:`ScriptCall`: a Lua script on a lock's keys (EVALSHA, falling back to EVAL);
+* :class:`Command`: one plain command (``HGET``);
+* :class:`Listing`: ``SCAN`` for every hold, then one pipeline reading them all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+
+from txlock._types import Lease, LockInfo
+from txlock._validate import decode, encode
+from txlock.backends.redis._scripts import Script
+
+if TYPE_CHECKING:
+    from txlock.backends.redis._hub import WaitState
+
+__all__ = [
+    "Command",
+    "Listing",
+    "ScriptCall",
+    "Work",
+    "glob_escape",
+    "hold_ms",
+    "lease_of",
+    "listed",
+    "lock_info",
+    "queue_listing",
+    "retry_after",
+]
+
+
+class ScriptCall(NamedTuple):
+    """Run ``script`` on ``keys`` with ``args``.
+
+    With ``waiting``, the script may queue that waiter (or watcher) in Redis: this process's
+    wake-up subscription must be ready first, or a release published before it would be
+    lost.
+    """
+
+    script: Script
+    keys: list[bytes]
+    args: list[Any]
+    waiting: WaitState | None = None
+
+
+class Command(NamedTuple):
+    """One plain command: ``name`` and its arguments."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+class Listing(NamedTuple):
+    """Every hold record whose Redis key matches ``pattern``: ``SCAN``, then one pipeline
+    of ``HMGET``/``PTTL``/``ZCARD`` per record. The reply is ``(names, replies)``."""
+
+    pattern: bytes
+
+
+Work: TypeAlias = ScriptCall | Command | Listing
+
+#: The fields of a hold record that ``list_locks`` reads.
+LIST_FIELDS = ("holder", "token", "at", "ttl", "key")
+
+
+def hold_ms(seconds: float | None) -> int:
+    """A hold timeout in whole milliseconds (at least 1); ``0`` for a process-bound hold."""
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+def retry_after(pttl_ms: int, liveness: float) -> float:
+    """How long a waiter sleeps without a wake-up: the time left on the hold, but at most
+    half the liveness window (the keep-alive of its queue entry and the safety net for a
+    lost wake-up message)."""
+    if pttl_ms < 0:
+        return liveness / 2
+    return min(pttl_ms / 1000, liveness / 2)
+
+
+def lease_of(key: str, holder: str, ttl: float | None, token: int, now_ms: int, life_ms: int) -> Lease:
+    """The lease a script's grant reply describes."""
+    expires = None if ttl is None else (now_ms + life_ms) / 1000
+    return Lease(key, holder, int(token), expires, ttl)
+
+
+def lock_info(key: str, reply: Any) -> LockInfo | None:
+    """Read the inspect script's reply."""
+    if reply is None:
+        return None
+    holder, token, acquired, ttl, pttl, now, waiters = reply
+    expires = None if int(ttl) == 0 else (int(now) + max(int(pttl), 0)) / 1000
+    return LockInfo(key, decode(holder), int(token), int(acquired) / 1000, expires, int(waiters))
+
+
+def glob_escape(data: bytes) -> bytes:
+    """``data`` matched literally in a ``SCAN MATCH`` pattern."""
+    out = bytearray()
+    for byte in data:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
+
+
+def queue_listing(pipe: Any, names: list[bytes]) -> None:
+    """Queue the reads of ``names`` (hold records) on ``pipe``."""
+    for name in names:
+        pipe.hmget(name, LIST_FIELDS)
+        pipe.pttl(name)
+        pipe.zcard(name[:-1] + b"q")
+
+
+def listed(names: list[bytes], replies: list[Any], prefix: str | None) -> list[LockInfo]:
+    """Read a :class:`Listing`'s reply: the live holds whose key starts with ``prefix``."""
+    now = time.time()
+    out: list[LockInfo] = []
+    for index in range(len(names)):
+        (holder, token, acquired, ttl, raw), pttl, waiters = replies[3 * index : 3 * index + 3]
+        if holder is None or token is None or raw is None or pttl == -2:
+            continue
+        key = decode(raw)
+        if prefix is not None and not key.startswith(prefix):
+            continue
+        expires = None if int(ttl or 0) == 0 else now + max(int(pttl), 0) / 1000
+        out.append(LockInfo(key, decode(holder), int(token), int(acquired or 0) / 1000, expires, int(waiters)))
+    out.sort(key=lambda info: encode(info.key))
+    return out

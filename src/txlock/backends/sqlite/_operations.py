@@ -1,0 +1,116 @@
+"""The operations a request's work names: each runs its statements (see :mod:`._schema`) on
+one connection, under that connection's mutex, and returns the raw reply that the
+primitive's ``read`` turns into its answer.
+
+Every operation takes the :class:`~._database.Connection` and its ``sqlite3`` handle first,
+then the request's arguments. Every write is ONE statement in autocommit mode: SQLite runs a
+lone write statement as its own transaction that takes the write lock before reading, exactly
+like ``BEGIN IMMEDIATE``, so the busy handler applies and no transaction is ever held open
+while a caller waits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from txlock.backends.sqlite._schema import (
+    ACQUIRE,
+    EXTEND,
+    FORCE_RELEASE,
+    HOLD,
+    INSPECT,
+    LIST,
+    OWNED,
+    RELEASE,
+    SWEEP,
+    bind,
+    prefix_range,
+)
+
+if TYPE_CHECKING:
+    from txlock.backends.sqlite._database import Connection
+
+__all__ = ["acquire", "extend", "force_release", "hold", "inspect", "list_holds", "nothing", "owns", "release", "sweep"]
+
+#: Releases per process and database between two sweeps of free rows.
+SWEEP_EVERY = 1024
+
+
+def nothing(connection: Connection, handle: sqlite3.Connection) -> None:
+    """Nothing (opening the connection is the point)."""
+    return None
+
+
+def owns(connection: Connection, handle: sqlite3.Connection, owner: int) -> bool:
+    """Whether any hold is bound to the process of ``owner``."""
+    return handle.execute(OWNED, (owner,)).fetchone() is not None
+
+
+def acquire(
+    connection: Connection, handle: sqlite3.Connection, key: bytes, holder: bytes, ttl: float | None, now: float
+) -> int | tuple[bytes, float | None] | None:
+    """The granted token; else the current hold ``(holder, expires_at)`` (``None``: it just ended)."""
+    this_owner = connection.database.owner
+    owner = this_owner if ttl is None else None
+    if handle.execute(ACQUIRE, bind(ACQUIRE, key, holder, owner, now, ttl, this_owner)).rowcount:
+        return connection.noted
+    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, this_owner)).fetchone()
+    return None if row is None else (bytes(row[0]), row[1])
+
+
+def release(
+    connection: Connection, handle: sqlite3.Connection, key: bytes, holder: bytes, now: float
+) -> bytes | None:
+    """``None`` when released or not held; else the other holder."""
+    database = connection.database
+    if handle.execute(RELEASE, (key, holder)).rowcount:
+        database.releases += 1
+        if database.releases % SWEEP_EVERY == 0:
+            sweep(connection, handle, now)
+        return None
+    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, database.owner)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def sweep(connection: Connection, handle: sqlite3.Connection, now: float) -> None:
+    """Delete free, expired and dead rows (the trigger keeps their tokens in ``token_floor``)."""
+    handle.execute(SWEEP, bind(SWEEP, b"", None, None, now, None, connection.database.owner))
+
+
+def extend(
+    connection: Connection, handle: sqlite3.Connection, key: bytes, holder: bytes, token: int, ttl: float | None,
+    now: float,
+) -> bool:
+    """Whether the grant ``token`` still held ``key`` (and now ends as ``ttl`` says)."""
+    this_owner = connection.database.owner
+    owner = this_owner if ttl is None else None
+    return bool(handle.execute(EXTEND, bind(EXTEND, key, holder, owner, now, ttl, this_owner, token)).rowcount)
+
+
+def hold(
+    connection: Connection, handle: sqlite3.Connection, key: bytes, now: float
+) -> tuple[bytes, float | None] | None:
+    """The live hold on ``key``: ``(holder, expires_at)``, or ``None``."""
+    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, connection.database.owner)).fetchone()
+    return None if row is None else (bytes(row[0]), row[1])
+
+
+def inspect(connection: Connection, handle: sqlite3.Connection, key: bytes, now: float) -> tuple[Any, ...] | None:
+    """The live hold on ``key``: ``(holder, token, acquired_at, expires_at)``, or ``None``."""
+    row = handle.execute(INSPECT, bind(INSPECT, key, None, None, now, None, connection.database.owner)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def list_holds(
+    connection: Connection, handle: sqlite3.Connection, prefix: bytes, now: float
+) -> list[tuple[Any, ...]]:
+    """Every live hold whose key starts with ``prefix``, by key: ``(key, holder, token, ...)``."""
+    low, high = prefix_range(prefix)
+    return handle.execute(LIST, bind(LIST, low, high, None, now, None, connection.database.owner)).fetchall()
+
+
+def force_release(connection: Connection, handle: sqlite3.Connection, key: bytes, now: float) -> bool:
+    """Free ``key`` whoever holds it; whether it was held."""
+    params = bind(FORCE_RELEASE, key, None, None, now, None, connection.database.owner)
+    return bool(handle.execute(FORCE_RELEASE, params).rowcount)
