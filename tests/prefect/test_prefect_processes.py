@@ -43,8 +43,8 @@ ROUNDS = 3
 # How long each backend may take to free the holds of a SIGKILLed process, as documented:
 # file and SQLite see the process's flock vanish (docs/file.md: milliseconds, 50 ms without
 # inotify; docs/sqlite.md: at once, 1 s safety net for waiters); Redis and PostgreSQL end
-# the process's lease at most `lease` seconds after its last heartbeat (the manager's
-# `lease` attribute; docs/postgres.md, "Crash recovery").
+# the process's holds at most `liveness` seconds after its last heartbeat (the manager's
+# `liveness` attribute; docs/redis.md and docs/postgres.md, "Crash recovery").
 RECOVERY = {"file": 0.05, "sqlite": 1.0}
 # Added to every bound for a loaded machine (scheduling delays, the store's round trips,
 # Prefect's own work before it acquires); CI machines shared with other jobs need seconds.
@@ -52,9 +52,9 @@ SLACK = 5.0
 
 
 def recovery_bound(backend: str, manager: txlock.BaseLockManager) -> float:
-    lease = getattr(manager, "lease", None)
-    if isinstance(lease, (int, float)):
-        return float(lease)
+    liveness = getattr(manager, "liveness", None)
+    if isinstance(liveness, (int, float)):
+        return float(liveness)
     return RECOVERY[backend]
 
 
