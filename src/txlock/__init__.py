@@ -29,6 +29,7 @@ from txlock._errors import (
     NotLockHolder,
 )
 from txlock._manager import BaseLockManager, LockContext, default_holder
+from txlock._observe import EVENT_KINDS, LockEvent, Observer, ObserverLike, add_observer, remove_observer
 from txlock._types import Capabilities, Lease, LockInfo
 from txlock._url import default_url, from_url, register_scheme, schemes
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "EVENT_KINDS",
     "BackendError",
     "BackendUnavailable",
     "BaseLockManager",
@@ -52,20 +54,25 @@ __all__ = [
     "Lease",
     "LockContext",
     "LockError",
+    "LockEvent",
     "LockInfo",
     "LockLost",
     "LockTimeout",
     "MemoryLockManager",
     "MissingDependency",
     "NotLockHolder",
+    "Observer",
+    "ObserverLike",
     "PostgresLockManager",
     "RedisLockManager",
     "SQLiteLockManager",
     "__version__",
+    "add_observer",
     "default_holder",
     "default_url",
     "from_url",
     "register_scheme",
+    "remove_observer",
     "schemes",
 ]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from txlock import _scheduler
-from txlock._errors import LockLost, LockTimeout
+from txlock._errors import BackendError, LockLost, LockTimeout
 from txlock._types import Lease
 from txlock._validate import check_hold_timeout, check_timeout
 
@@ -183,11 +183,17 @@ class LockContext:
             lease = hold.lease
             if lease is None or hold.lost or not hold.blocks:
                 return False
-            new = manager._call(manager._extend(lease.key, lease.holder, lease.token, ttl))
+            try:
+                new = manager._call(manager._extend(lease.key, lease.holder, lease.token, ttl))
+            except BackendError as exc:  # the scheduler logs it; the next round tries again
+                manager._emitter.simple("renewal_failed", lease.key, lease.holder, lease.token, error=exc)
+                raise
             if new is not None:
                 hold.lease = new
+                manager._emitter.simple("renewed", lease.key, lease.holder, new.token)
                 return True
             hold.lost = True
+            manager._emitter.simple("lost", lease.key, lease.holder, lease.token)
             with _holds_mutex:
                 blocks = list(hold.blocks)
         for block in blocks:
@@ -211,8 +217,12 @@ class LockContext:
         with hold.guard:  # a renewal in flight finishes first
             return not hold.lost
 
-    def _left(self, other: str | None, failed: bool) -> None:
+    def _left(self, other: str | None, failed: bool, released: bool) -> None:
+        """After the block: ``released`` when it released the store (the last block), and
+        ``other`` the holder found there instead (the hold was lost)."""
         hold, self._hold = self._hold, None
+        if released:
+            self.manager._block_released(self.key, self.holder, other)
         if other is not None or (hold is not None and hold.lost):
             self.lost = True
         if self.lost and not failed:
@@ -227,14 +237,16 @@ class LockContext:
                 raise self._timeout_error()
         except BaseException:
             # Another block of this holder may have been granted meanwhile and left.
-            other = self.manager._call(self.manager._release(self.key, self.holder)) if self._leaving() else None
-            self._left(other, True)
+            release = self._leaving()
+            other = self.manager._call(self.manager._release(self.key, self.holder)) if release else None
+            self._left(other, True, release)
             raise
         return self._entered(lease)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        other = self.manager._call(self.manager._release(self.key, self.holder)) if self._leaving() else None
-        self._left(other, exc_type is not None)
+        release = self._leaving()
+        other = self.manager._call(self.manager._release(self.key, self.holder)) if release else None
+        self._left(other, exc_type is not None, release)
 
     async def __aenter__(self) -> LockContext:
         if self._join():
@@ -244,11 +256,13 @@ class LockContext:
             if lease is None:
                 raise self._timeout_error()
         except BaseException:
-            other = await self.manager._acall(self.manager._release(self.key, self.holder)) if self._leaving() else None
-            self._left(other, True)
+            release = self._leaving()
+            other = await self.manager._acall(self.manager._release(self.key, self.holder)) if release else None
+            self._left(other, True, release)
             raise
         return self._entered(lease)
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        other = await self.manager._acall(self.manager._release(self.key, self.holder)) if self._leaving() else None
-        self._left(other, exc_type is not None)
+        release = self._leaving()
+        other = await self.manager._acall(self.manager._release(self.key, self.holder)) if release else None
+        self._left(other, exc_type is not None, release)

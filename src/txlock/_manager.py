@@ -12,13 +12,17 @@ reply, which the backend's one sync transport (``_exec``) or one async transport
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar, TypeVar
 
 from txlock._context import LockContext, default_holder
 from txlock._deadline import DeadlineScope, deadline_scope
-from txlock._errors import LockLost, LockTimeout, NotLockHolder
+from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder
 from txlock._flows import NOTHING, Request, acquire_flow, arun_flow, run_flow, wait_flow
+from txlock._observe import Emitter, ObserverLike
+from txlock._observe import process_observers as _process_observers
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import check_hold_timeout, check_holder, check_key, check_timeout
 from txlock._waiter import Waiter
@@ -35,10 +39,25 @@ def _check_lease(lease: object) -> None:
         raise TypeError(f"renew() needs the Lease that acquire_lease returned, not {type(lease).__name__}{hint}")
 
 
-def _renewed(lease: Lease, new: Lease | None) -> Lease:
-    if new is None:
-        raise LockLost(lease.key, lease.holder, "it expired or was released before renewal")
-    return new
+def _note_contended() -> None:
+    """The first attempt found the key held: an observed acquire reports it as contended."""
+    observation = _observing.get()
+    if observation is not None:
+        observation.contended = True
+
+
+class _Observation:
+    """What an observed acquire learns while it runs (see ``_observing``)."""
+
+    __slots__ = ("contended",)
+
+    def __init__(self) -> None:
+        self.contended = False
+
+
+#: Set while an observed call runs its unobserved body: the body then skips the observers
+#: test it would otherwise repeat, and notes what the observers want to know.
+_observing: ContextVar[_Observation | None] = ContextVar("txlock_observing", default=None)
 
 
 #: The scope of a call without a deadline to carry (reusable: it does nothing).
@@ -96,12 +115,15 @@ class BaseLockManager:
         cls._local_attempts = not cls._async_io and cls._aexec is BaseLockManager._aexec
 
     _local_attempts: ClassVar[bool] = False
+    _observers: tuple[ObserverLike, ...] = ()
 
     def __init__(self, *, acquire_timeout: float | None = None, raise_on_timeout: bool = False) -> None:
         self._default_timeout = check_timeout(acquire_timeout, "acquire_timeout")
         if not isinstance(raise_on_timeout, bool):
             raise TypeError(f"raise_on_timeout must be a bool, not {type(raise_on_timeout).__name__}")
         self._raise_on_timeout = raise_on_timeout
+        self._emitter = Emitter(self.schemes[0] if self.schemes else type(self).__name__)
+        self._observers = ()  # this manager's own (the emitter's, mirrored for the hot paths' test)
 
     def _check_names(self, key: object, holder: object) -> None:
         """Raise the error for a bad key or holder. The acquire and release paths call it
@@ -210,12 +232,24 @@ class BaseLockManager:
     def _call(self, request: Request[R]) -> R:
         """Run one primitive's request with the sync transport."""
         work, read = request
-        return work if read is None else read(self._exec(work))
+        if read is None:
+            return work  # type: ignore[no-any-return]
+        try:
+            return read(self._exec(work))
+        except BackendError as exc:
+            self._backend_error(exc)
+            raise
 
     async def _acall(self, request: Request[R]) -> R:
         """Run one primitive's request with the async transport."""
         work, read = request
-        return work if read is None else read(await self._aexec(work))
+        if read is None:
+            return work  # type: ignore[no-any-return]
+        try:
+            return read(await self._aexec(work))
+        except BackendError as exc:
+            self._backend_error(exc)
+            raise
 
     # ------------------------------------------------------------------ primitives
     # Each returns a request; none blocks beyond one round trip to the store.
@@ -309,17 +343,31 @@ class BaseLockManager:
             or len(key) > self.max_key_length or len(holder) > self.max_holder_length
         ):  # inline: the hot path pays no call
             self._check_names(key, holder)
-        work, read = self._release(key, holder)
-        other = work if read is None else read(self._exec(work))
-        if other is not None:
-            raise NotLockHolder(key, holder, other)
+        if self._observers or _process_observers:
+            other = self._call(self._release(key, holder))
+        else:
+            work, read = self._release(key, holder)
+            other = work if read is None else read(self._exec(work))
+        self._released(key, holder, other)
 
     async def arelease_lock(self, key: str, holder: str) -> None:
         """Async form of :meth:`release_lock`."""
         self._check_key_and_holder(key, holder)
-        other = await self._acall(self._release(key, holder))
+        self._released(key, holder, await self._acall(self._release(key, holder)))
+
+    def _block_released(self, key: str, holder: str, other: str | None) -> None:
+        """A ``lock()`` block released the store: tell the observers what it found."""
+        if self._observers or _process_observers:
+            if other is None:
+                self._emitter.released(key, holder)
+            else:
+                self._emitter.simple("lost", key, holder)
+
+    def _released(self, key: str, holder: str, other: str | None) -> None:
         if other is not None:
             raise NotLockHolder(key, holder, other)
+        if self._observers or _process_observers:
+            self._emitter.released(key, holder)
 
     def _check_key_and_holder(self, key: object, holder: object) -> None:
         if (
@@ -331,7 +379,13 @@ class BaseLockManager:
     def is_locked(self, key: str) -> bool:
         """Whether ``key`` is held right now (by anyone), read from the shared store."""
         work, read = self._holder(self._valid_key(key))  # _call inlined: Prefect asks before every write
-        return (work if read is None else read(self._exec(work))) is not None
+        if read is None:
+            return work is not None
+        try:
+            return read(self._exec(work)) is not None
+        except BackendError as exc:
+            self._backend_error(exc, key)
+            raise
 
     async def ais_locked(self, key: str) -> bool:
         """Async form of :meth:`is_locked`."""
@@ -351,14 +405,22 @@ class BaseLockManager:
         """Wait until ``key`` is free without taking it: ``True`` when free, ``False`` on
         timeout. ``timeout=0`` checks once; ``None`` waits forever."""
         seconds = self._wait_args(key, timeout)
-        with self._deadline(seconds) or _NO_DEADLINE:
-            return run_flow(self, wait_flow(self, key, seconds))
+        try:
+            with self._deadline(seconds) or _NO_DEADLINE:
+                return run_flow(self, wait_flow(self, key, seconds))
+        except BackendError as exc:
+            self._backend_error(exc, key)
+            raise
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Async form of :meth:`wait_for_lock`."""
         seconds = self._wait_args(key, timeout)
-        with self._deadline(seconds) or _NO_DEADLINE:
-            return await arun_flow(self, wait_flow(self, key, seconds))
+        try:
+            with self._deadline(seconds) or _NO_DEADLINE:
+                return await arun_flow(self, wait_flow(self, key, seconds))
+        except BackendError as exc:
+            self._backend_error(exc, key)
+            raise
 
     def _wait_args(self, key: str, timeout: object) -> float | None:
         self._valid_key(key)
@@ -372,6 +434,8 @@ class BaseLockManager:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
+        if (self._observers or _process_observers) and _observing.get() is None:
+            return self._observed_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
             with scope:  # the same call, now with the deadline set
@@ -380,6 +444,7 @@ class BaseLockManager:
         first = work if read is None else read(self._exec(work))
         if isinstance(first, Lease):
             return first
+        _note_contended()
         return self._acquired(key, wait, run_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))
 
     async def aacquire_lease(
@@ -387,6 +452,8 @@ class BaseLockManager:
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
+        if (self._observers or _process_observers) and _observing.get() is None:
+            return await self._aobserved_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
             with scope:
@@ -396,7 +463,66 @@ class BaseLockManager:
             first = self._first_attempt(key, holder, ttl)
             if isinstance(first, Lease):
                 return first
+            _note_contended()
         return self._acquired(key, wait, await arun_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))
+
+    # ------------------------------------------------------------------ observers
+
+    def add_observer(self, observer: ObserverLike) -> None:
+        """Send this manager's events to ``observer`` (see :class:`txlock.Observer`); for
+        every manager of the process, use :func:`txlock.add_observer`."""
+        self._emitter.add(observer)
+        self._observers = self._emitter.observers
+
+    def remove_observer(self, observer: ObserverLike) -> None:
+        """Stop sending this manager's events to ``observer`` (no-op if it was not added)."""
+        self._emitter.remove(observer)
+        self._observers = self._emitter.observers
+
+    def _observed_acquire(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
+        observation, start = _Observation(), time.monotonic()
+        reset = _observing.set(observation)
+        try:
+            lease = self.acquire_lease(key, holder, wait, ttl)
+        except BaseException as exc:
+            self._acquire_failed(key, holder, exc, time.monotonic() - start)
+            raise
+        finally:
+            _observing.reset(reset)
+        return self._acquire_observed(key, holder, lease, observation, time.monotonic() - start)
+
+    async def _aobserved_acquire(
+        self, key: str, holder: str, wait: float | None, ttl: float | None
+    ) -> Lease | None:
+        observation, start = _Observation(), time.monotonic()
+        reset = _observing.set(observation)
+        try:
+            lease = await self.aacquire_lease(key, holder, wait, ttl)
+        except BaseException as exc:
+            self._acquire_failed(key, holder, exc, time.monotonic() - start)
+            raise
+        finally:
+            _observing.reset(reset)
+        return self._acquire_observed(key, holder, lease, observation, time.monotonic() - start)
+
+    def _acquire_observed(
+        self, key: str, holder: str, lease: Lease | None, observation: _Observation, waited: float
+    ) -> Lease | None:
+        if lease is None:
+            self._emitter.simple("timed_out", key, holder, waited=waited)
+        else:
+            self._emitter.acquired(key, holder, lease.token, waited, observation.contended)
+        return lease
+
+    def _acquire_failed(self, key: str, holder: str, exc: BaseException, waited: float) -> None:
+        if isinstance(exc, LockTimeout):
+            self._emitter.simple("timed_out", key, holder, waited=waited)
+        elif isinstance(exc, BackendError):
+            self._emitter.simple("backend_error", key, holder, error=exc)
+
+    def _backend_error(self, exc: BackendError, key: str = "") -> None:
+        if (self._observers or _process_observers) and _observing.get() is None:
+            self._emitter.simple("backend_error", key, error=exc)
 
     def _acquire_args(
         self, key: object, holder: object, timeout: object, ttl: object
@@ -420,11 +546,21 @@ class BaseLockManager:
 
         Raises :class:`~txlock.LockLost` when the grant no longer holds the key.
         """
-        return _renewed(lease, self._call(self._renewal(lease, ttl)))
+        return self._renewed(lease, self._call(self._renewal(lease, ttl)))
 
     async def arenew(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Async form of :meth:`renew`."""
-        return _renewed(lease, await self._acall(self._renewal(lease, ttl)))
+        return self._renewed(lease, await self._acall(self._renewal(lease, ttl)))
+
+    def _renewed(self, lease: Lease, new: Lease | None) -> Lease:
+        observed = self._observers or _process_observers
+        if new is None:
+            if observed:
+                self._emitter.simple("lost", lease.key, lease.holder, lease.token)
+            raise LockLost(lease.key, lease.holder, "it expired or was released before renewal")
+        if observed:
+            self._emitter.simple("renewed", new.key, new.holder, new.token)
+        return new
 
     def _renewal(self, lease: object, ttl: object) -> Request[Lease | None]:
         _check_lease(lease)
@@ -457,11 +593,16 @@ class BaseLockManager:
 
         The holder learns of it at its next renewal, release or ``is_lock_holder`` check.
         """
-        return self._call(self._force_release(self._valid_key(key)))
+        return self._forced(key, self._call(self._force_release(self._valid_key(key))))
 
     async def aforce_release(self, key: str) -> bool:
         """Async form of :meth:`force_release`."""
-        return await self._acall(self._force_release(self._valid_key(key)))
+        return self._forced(key, await self._acall(self._force_release(self._valid_key(key))))
+
+    def _forced(self, key: str, freed: bool) -> bool:
+        if freed and (self._observers or _process_observers):
+            self._emitter.simple("force_released", key)
+        return freed
 
     def lock(
         self,
