@@ -60,6 +60,34 @@ class _Observation:
 _observing: ContextVar[_Observation | None] = ContextVar("txlock_observing", default=None)
 
 
+class _ObservedAcquire:
+    """``with _ObservedAcquire(manager, key, holder) as observed:`` around an acquire's
+    unobserved body (which sets ``observed.lease``): times it and tells the observers how
+    it ended (acquired, timed out, or a store error)."""
+
+    __slots__ = ("emitter", "holder", "key", "lease", "observation", "reset", "start")
+
+    def __init__(self, manager: BaseLockManager, key: str, holder: str) -> None:
+        self.emitter, self.key, self.holder = manager._emitter, key, holder
+        self.lease: Lease | None = None
+
+    def __enter__(self) -> _ObservedAcquire:
+        self.observation = _Observation()
+        self.reset = _observing.set(self.observation)
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        waited = time.monotonic() - self.start
+        _observing.reset(self.reset)
+        if isinstance(exc, BackendError):
+            self.emitter.simple("backend_error", self.key, self.holder, error=exc)
+        elif isinstance(exc, LockTimeout) or (exc is None and self.lease is None):
+            self.emitter.simple("timed_out", self.key, self.holder, waited=waited)
+        elif exc is None and self.lease is not None:
+            self.emitter.acquired(self.key, self.holder, self.lease.token, waited, self.observation.contended)
+
+
 #: The scope of a call without a deadline to carry (reusable: it does nothing).
 _NO_DEADLINE = contextlib.nullcontext()
 
@@ -480,45 +508,16 @@ class BaseLockManager:
         self._observers = self._emitter.observers
 
     def _observed_acquire(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
-        observation, start = _Observation(), time.monotonic()
-        reset = _observing.set(observation)
-        try:
-            lease = self.acquire_lease(key, holder, wait, ttl)
-        except BaseException as exc:
-            self._acquire_failed(key, holder, exc, time.monotonic() - start)
-            raise
-        finally:
-            _observing.reset(reset)
-        return self._acquire_observed(key, holder, lease, observation, time.monotonic() - start)
+        with _ObservedAcquire(self, key, holder) as observed:
+            observed.lease = self.acquire_lease(key, holder, wait, ttl)
+        return observed.lease
 
     async def _aobserved_acquire(
         self, key: str, holder: str, wait: float | None, ttl: float | None
     ) -> Lease | None:
-        observation, start = _Observation(), time.monotonic()
-        reset = _observing.set(observation)
-        try:
-            lease = await self.aacquire_lease(key, holder, wait, ttl)
-        except BaseException as exc:
-            self._acquire_failed(key, holder, exc, time.monotonic() - start)
-            raise
-        finally:
-            _observing.reset(reset)
-        return self._acquire_observed(key, holder, lease, observation, time.monotonic() - start)
-
-    def _acquire_observed(
-        self, key: str, holder: str, lease: Lease | None, observation: _Observation, waited: float
-    ) -> Lease | None:
-        if lease is None:
-            self._emitter.simple("timed_out", key, holder, waited=waited)
-        else:
-            self._emitter.acquired(key, holder, lease.token, waited, observation.contended)
-        return lease
-
-    def _acquire_failed(self, key: str, holder: str, exc: BaseException, waited: float) -> None:
-        if isinstance(exc, LockTimeout):
-            self._emitter.simple("timed_out", key, holder, waited=waited)
-        elif isinstance(exc, BackendError):
-            self._emitter.simple("backend_error", key, holder, error=exc)
+        with _ObservedAcquire(self, key, holder) as observed:
+            observed.lease = await self.aacquire_lease(key, holder, wait, ttl)
+        return observed.lease
 
     def _backend_error(self, exc: BackendError, key: str = "") -> None:
         if (self._observers or _process_observers) and _observing.get() is None:
