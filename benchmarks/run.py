@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-SUITES = ["memory", "file", "sqlite", "redis", "postgres", "startup"]
+SUITES = ["memory", "file", "sqlite", "redis", "postgres", "startup", "observers"]
 
 sys.path.insert(0, str(HERE))
 from _harness import RESULTS, Row, machine, table  # noqa: E402

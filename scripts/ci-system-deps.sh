@@ -22,3 +22,7 @@ apt_install pgbouncer pgbouncer
 # Redis backend: private redis-server instances and a 3-master cluster (redis-cli --cluster)
 # for the kill, restart and cluster tests. Machines of this kind ship them; install if not.
 apt_install redis-server redis-server
+
+# `txlock top`: tests/test_top.py drives the live view in a real terminal (a detached tmux
+# session on a private socket, read with capture-pane).
+apt_install tmux tmux

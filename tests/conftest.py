@@ -87,7 +87,9 @@ def retire_pre_release_tables(url: str) -> None:
     schema (once per session). This txlock refuses them by design (docs/postgres.md), and
     a machine that ran the suite of an older checkout still has them: they are txlock's
     own, recognised by their ``txlock.txlock_version`` table, and hold no data but test
-    locks. Nothing else in the database is touched."""
+    locks. The default table set is dropped whole (``txlock_schema`` too, so its version
+    row cannot outlive the tables); txlock recreates it on next use. Nothing else in the
+    database is touched."""
     global _pre_release_checked
     if _pre_release_checked:
         return
@@ -99,11 +101,12 @@ def retire_pre_release_tables(url: str) -> None:
         found = conn.execute("SELECT to_regclass('txlock.txlock_version') IS NOT NULL").fetchone()
         if found and found[0]:
             sys.stderr.write(
-                "\nconftest: dropping the pre-release txlock tables txlock.txlock_version, "
-                "txlock.locks and txlock.locks_waiters from the test database (this txlock refuses them)\n"
+                "\nconftest: dropping the pre-release txlock tables of the test database's schema "
+                "txlock (this txlock refuses them)\n"
             )
             conn.execute(
-                "DROP TABLE IF EXISTS txlock.txlock_version, txlock.locks, txlock.locks_waiters"
+                "DROP TABLE IF EXISTS txlock.txlock_version, txlock.txlock_schema, txlock.locks,"
+                " txlock.locks_waiters"
             )
 
 

@@ -43,13 +43,13 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "EVENT_KINDS",
     "BackendError",
     "BackendUnavailable",
     "BaseLockManager",
     "Capabilities",
     "ConfigurationError",
     "CorruptRecord",
+    "EVENT_KINDS",
     "FileSystemLockManager",
     "Lease",
     "LockContext",

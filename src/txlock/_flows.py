@@ -32,6 +32,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from txlock._deadline import monotonic_deadline
+from txlock._observe import note_contended
 from txlock._types import Busy, Lease
 from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
 
@@ -107,6 +108,8 @@ def acquire_flow(
     try:
         if result is None:
             result = yield manager._try_acquire(key, holder, ttl, None)
+        if not isinstance(result, Lease):
+            note_contended()  # the contended path only: one context-variable read
         while not isinstance(result, Lease):
             remaining = deadline - time.monotonic()
             if remaining <= 0:

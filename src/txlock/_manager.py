@@ -12,16 +12,14 @@ reply, which the backend's one sync transport (``_exec``) or one async transport
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from typing import Any, ClassVar, TypeVar
 
 from txlock._context import LockContext, default_holder
 from txlock._deadline import DeadlineScope, deadline_scope
 from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder
 from txlock._flows import NOTHING, Request, acquire_flow, arun_flow, run_flow, wait_flow
-from txlock._observe import Emitter, ObserverLike
+from txlock._observe import Emitter, ObservedAcquire, ObserverLike, observing
 from txlock._observe import process_observers as _process_observers
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import check_hold_timeout, check_holder, check_key, check_timeout
@@ -37,55 +35,6 @@ def _check_lease(lease: object) -> None:
     if not isinstance(lease, Lease):
         hint = " (acquire_lease returns None when it times out: check for it first)" if lease is None else ""
         raise TypeError(f"renew() needs the Lease that acquire_lease returned, not {type(lease).__name__}{hint}")
-
-
-def _note_contended() -> None:
-    """The first attempt found the key held: an observed acquire reports it as contended."""
-    observation = _observing.get()
-    if observation is not None:
-        observation.contended = True
-
-
-class _Observation:
-    """What an observed acquire learns while it runs (see ``_observing``)."""
-
-    __slots__ = ("contended",)
-
-    def __init__(self) -> None:
-        self.contended = False
-
-
-#: Set while an observed call runs its unobserved body: the body then skips the observers
-#: test it would otherwise repeat, and notes what the observers want to know.
-_observing: ContextVar[_Observation | None] = ContextVar("txlock_observing", default=None)
-
-
-class _ObservedAcquire:
-    """``with _ObservedAcquire(manager, key, holder) as observed:`` around an acquire's
-    unobserved body (which sets ``observed.lease``): times it and tells the observers how
-    it ended (acquired, timed out, or a store error)."""
-
-    __slots__ = ("emitter", "holder", "key", "lease", "observation", "reset", "start")
-
-    def __init__(self, manager: BaseLockManager, key: str, holder: str) -> None:
-        self.emitter, self.key, self.holder = manager._emitter, key, holder
-        self.lease: Lease | None = None
-
-    def __enter__(self) -> _ObservedAcquire:
-        self.observation = _Observation()
-        self.reset = _observing.set(self.observation)
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        waited = time.monotonic() - self.start
-        _observing.reset(self.reset)
-        if isinstance(exc, BackendError):
-            self.emitter.simple("backend_error", self.key, self.holder, error=exc)
-        elif isinstance(exc, LockTimeout) or (exc is None and self.lease is None):
-            self.emitter.simple("timed_out", self.key, self.holder, waited=waited)
-        elif exc is None and self.lease is not None:
-            self.emitter.acquired(self.key, self.holder, self.lease.token, waited, self.observation.contended)
 
 
 #: The scope of a call without a deadline to carry (reusable: it does nothing).
@@ -257,26 +206,26 @@ class BaseLockManager:
         """Async form of :meth:`_exec`; by default the sync one (local media that never block long)."""
         return self._exec(work)
 
-    def _call(self, request: Request[R]) -> R:
-        """Run one primitive's request with the sync transport."""
+    def _call(self, request: Request[R], key: str = "") -> R:
+        """Run one primitive's request with the sync transport (``key``: for the observers)."""
         work, read = request
         if read is None:
             return work  # type: ignore[no-any-return]
         try:
             return read(self._exec(work))
         except BackendError as exc:
-            self._backend_error(exc)
+            self._backend_error(exc, key)
             raise
 
-    async def _acall(self, request: Request[R]) -> R:
-        """Run one primitive's request with the async transport."""
+    async def _acall(self, request: Request[R], key: str = "") -> R:
+        """Run one primitive's request with the async transport (``key``: for the observers)."""
         work, read = request
         if read is None:
             return work  # type: ignore[no-any-return]
         try:
             return read(await self._aexec(work))
         except BackendError as exc:
-            self._backend_error(exc)
+            self._backend_error(exc, key)
             raise
 
     # ------------------------------------------------------------------ primitives
@@ -372,7 +321,7 @@ class BaseLockManager:
         ):  # inline: the hot path pays no call
             self._check_names(key, holder)
         if self._observers or _process_observers:
-            other = self._call(self._release(key, holder))
+            other = self._call(self._release(key, holder), key)
         else:
             work, read = self._release(key, holder)
             other = work if read is None else read(self._exec(work))
@@ -381,7 +330,7 @@ class BaseLockManager:
     async def arelease_lock(self, key: str, holder: str) -> None:
         """Async form of :meth:`release_lock`."""
         self._check_key_and_holder(key, holder)
-        self._released(key, holder, await self._acall(self._release(key, holder)))
+        self._released(key, holder, await self._acall(self._release(key, holder), key))
 
     def _block_released(self, key: str, holder: str, other: str | None) -> None:
         """A ``lock()`` block released the store: tell the observers what it found."""
@@ -417,17 +366,17 @@ class BaseLockManager:
 
     async def ais_locked(self, key: str) -> bool:
         """Async form of :meth:`is_locked`."""
-        return await self._acall(self._holder(self._valid_key(key))) is not None
+        return await self._acall(self._holder(self._valid_key(key)), key) is not None
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         """Whether ``holder`` holds ``key`` right now, read from the shared store."""
         self._valid_holder(holder)
-        return self._call(self._holder(self._valid_key(key))) == holder
+        return self._call(self._holder(self._valid_key(key)), key) == holder
 
     async def ais_lock_holder(self, key: str, holder: str) -> bool:
         """Async form of :meth:`is_lock_holder`."""
         self._valid_holder(holder)
-        return await self._acall(self._holder(self._valid_key(key))) == holder
+        return await self._acall(self._holder(self._valid_key(key)), key) == holder
 
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
         """Wait until ``key`` is free without taking it: ``True`` when free, ``False`` on
@@ -462,7 +411,7 @@ class BaseLockManager:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
-        if (self._observers or _process_observers) and _observing.get() is None:
+        if (self._observers or _process_observers) and observing.get() is None:
             return self._observed_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
@@ -472,7 +421,6 @@ class BaseLockManager:
         first = work if read is None else read(self._exec(work))
         if isinstance(first, Lease):
             return first
-        _note_contended()
         return self._acquired(key, wait, run_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))
 
     async def aacquire_lease(
@@ -480,7 +428,7 @@ class BaseLockManager:
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
-        if (self._observers or _process_observers) and _observing.get() is None:
+        if (self._observers or _process_observers) and observing.get() is None:
             return await self._aobserved_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
@@ -491,7 +439,6 @@ class BaseLockManager:
             first = self._first_attempt(key, holder, ttl)
             if isinstance(first, Lease):
                 return first
-            _note_contended()
         return self._acquired(key, wait, await arun_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))
 
     # ------------------------------------------------------------------ observers
@@ -508,19 +455,19 @@ class BaseLockManager:
         self._observers = self._emitter.observers
 
     def _observed_acquire(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
-        with _ObservedAcquire(self, key, holder) as observed:
+        with ObservedAcquire(self._emitter, key, holder) as observed:
             observed.lease = self.acquire_lease(key, holder, wait, ttl)
         return observed.lease
 
     async def _aobserved_acquire(
         self, key: str, holder: str, wait: float | None, ttl: float | None
     ) -> Lease | None:
-        with _ObservedAcquire(self, key, holder) as observed:
+        with ObservedAcquire(self._emitter, key, holder) as observed:
             observed.lease = await self.aacquire_lease(key, holder, wait, ttl)
         return observed.lease
 
     def _backend_error(self, exc: BackendError, key: str = "") -> None:
-        if (self._observers or _process_observers) and _observing.get() is None:
+        if (self._observers or _process_observers) and observing.get() is None:
             self._emitter.simple("backend_error", key, error=exc)
 
     def _acquire_args(
@@ -569,11 +516,11 @@ class BaseLockManager:
 
     def inspect(self, key: str) -> LockInfo | None:
         """Describe the current hold on ``key``, or ``None`` when it is free."""
-        return self._call(self._inspect(self._valid_key(key)))
+        return self._call(self._inspect(self._valid_key(key)), key)
 
     async def ainspect(self, key: str) -> LockInfo | None:
         """Async form of :meth:`inspect`."""
-        return await self._acall(self._inspect(self._valid_key(key)))
+        return await self._acall(self._inspect(self._valid_key(key)), key)
 
     def list_locks(self, prefix: str | None = None) -> list[LockInfo]:
         """Every lock held now (whose key starts with ``prefix``), sorted by key."""
@@ -592,11 +539,11 @@ class BaseLockManager:
 
         The holder learns of it at its next renewal, release or ``is_lock_holder`` check.
         """
-        return self._forced(key, self._call(self._force_release(self._valid_key(key))))
+        return self._forced(key, self._call(self._force_release(self._valid_key(key)), key))
 
     async def aforce_release(self, key: str) -> bool:
         """Async form of :meth:`force_release`."""
-        return self._forced(key, await self._acall(self._force_release(self._valid_key(key))))
+        return self._forced(key, await self._acall(self._force_release(self._valid_key(key)), key))
 
     def _forced(self, key: str, freed: bool) -> bool:
         if freed and (self._observers or _process_observers):

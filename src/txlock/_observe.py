@@ -31,9 +31,26 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import NamedTuple, Protocol, runtime_checkable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["EVENT_KINDS", "LockEvent", "Observer", "ObserverLike", "add_observer", "remove_observer"]
+from txlock._errors import BackendError, LockTimeout
+
+if TYPE_CHECKING:
+    from txlock._types import Lease
+
+__all__ = [
+    "EVENT_KINDS",
+    "LockEvent",
+    "ObservedAcquire",
+    "Observation",
+    "Observer",
+    "ObserverLike",
+    "add_observer",
+    "note_contended",
+    "observing",
+    "remove_observer",
+]
 
 #: Every kind of event, in the order of a lock's life.
 EVENT_KINDS = (
@@ -145,6 +162,28 @@ def _check(observer: object) -> None:
         )
 
 
+class Observation:
+    """What an observed acquire learns while it runs (see :data:`observing`)."""
+
+    __slots__ = ("contended",)
+
+    def __init__(self) -> None:
+        self.contended = False
+
+
+#: Set while an observed acquire runs its unobserved body: the body then skips the
+#: observers test it would otherwise repeat, and notes what the observers want to know.
+observing: ContextVar[Observation | None] = ContextVar("txlock_observing", default=None)
+
+
+def note_contended() -> None:
+    """An acquire's first attempt found the key held (the waiting loop calls it): an
+    observed acquire reports its grant as contended."""
+    observation = observing.get()
+    if observation is not None:
+        observation.contended = True
+
+
 class Emitter:
     """A manager's link to its observers: the events it sends and the grant times it keeps
     to tell how long a hold lasted (only while someone observes)."""
@@ -197,3 +236,31 @@ class Emitter:
                error: BaseException | None = None, waited: float | None = None) -> None:
         held = self.held_for(key, holder) if kind == "lost" and holder is not None else None
         self.emit(LockEvent(kind, self.backend, key, holder, token, waited, held, False, error))
+
+
+class ObservedAcquire:
+    """``with ObservedAcquire(manager, key, holder) as observed:`` around an acquire's
+    unobserved body (which sets ``observed.lease``): times it and tells the observers how
+    it ended (acquired, timed out, or a store error)."""
+
+    __slots__ = ("emitter", "holder", "key", "lease", "observation", "reset", "start")
+
+    def __init__(self, emitter: Emitter, key: str, holder: str) -> None:
+        self.emitter, self.key, self.holder = emitter, key, holder
+        self.lease: Lease | None = None
+
+    def __enter__(self) -> ObservedAcquire:
+        self.observation = Observation()
+        self.reset = observing.set(self.observation)
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        waited = time.monotonic() - self.start
+        observing.reset(self.reset)
+        if isinstance(exc, BackendError):
+            self.emitter.simple("backend_error", self.key, self.holder, error=exc)
+        elif isinstance(exc, LockTimeout) or (exc is None and self.lease is None):
+            self.emitter.simple("timed_out", self.key, self.holder, waited=waited)
+        elif exc is None and self.lease is not None:
+            self.emitter.acquired(self.key, self.holder, self.lease.token, waited, self.observation.contended)

@@ -6,9 +6,12 @@ the embedded default SQLite store in the user's state directory)::
 
     txlock run nightly-report -- ./make-report.sh     # wait, run while holding, release
     txlock ls                                         # what is held, by whom, for how long
+    txlock top                                        # the same, live
+    txlock doctor redis://cache:6379/0                # is this deployment safe for locks?
 
-Commands: ``run``, ``acquire``, ``release``, ``wait``, ``status``, ``ls``,
-``force-release``; ``txlock COMMAND --help`` documents each, ``docs/cli.md`` all of them.
+Commands: ``run``, ``acquire``, ``release``, ``wait``, ``status``, ``ls``, ``top``,
+``force-release``, ``doctor``; ``txlock COMMAND --help`` documents each, ``docs/cli.md``
+all of them. ``doctor`` exits 0 (all checks pass), 1 (warnings) or 2 (failures).
 
 Exit codes (constants below): :data:`OK` 0, :data:`FAILED` 1 (the request was refused:
 release by a holder that does not hold the lock, force-release declined),
@@ -26,7 +29,9 @@ Its modules: ``_exit_codes`` (the codes, :class:`CliError`), ``_output`` (text, 
 warnings, tables), ``_store`` (opening the store, library errors as exit codes),
 ``_waiting`` (the live waiting line, signals while waiting), ``_signals`` (handlers for a
 block), ``_supervisor`` (the command ``run`` executes), ``_commands`` (what each command
-does), ``_wiring`` (click's group and options, :func:`main`).
+does), ``_top`` and ``_top_model`` (``txlock top``: the live view, and its pure snapshot and
+rate logic), ``_doctor_command`` (``txlock doctor``'s options and report; the checks are
+the library's), ``_wiring`` (click's group and options, :func:`main`).
 """
 
 from __future__ import annotations

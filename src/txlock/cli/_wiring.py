@@ -224,6 +224,36 @@ def _command_group() -> click.Group:
         output, url = output_and_url(context, url, as_json)
         return cmd_force_release(output, url, key, yes)
 
+    # `txlock top`: its module (and rich, inside it) is imported only when `top` runs.
+    @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--prefix", metavar="PREFIX", default=None, help="Only keys starting with PREFIX.")
+    @click.option(
+        "--interval", type=Seconds(positive=True, finite=True, minimum=0.1, why="each refresh lists the store"),
+        default=1.0, show_default=True, metavar="SECONDS", help="Seconds between two refreshes.",
+    )
+    @click.option("--once", is_flag=True, default=False, help="Print one snapshot as a plain table and exit.")
+    @common
+    @click.pass_context
+    def top(
+        context: click.Context, prefix: str | None, interval: float, once: bool, url: str | None, as_json: bool
+    ) -> int:
+        """A live view of the held locks, longest held first; q or Ctrl-C quits.
+
+        Holder, mode, token, held for, expires in and waiters per key; a header with the
+        store, the key count, acquisitions/s (a floor: see docs/operations.md) and waiters.
+        A plain table when stdout is not a terminal or with --once; one JSON snapshot with
+        --json. Never changes the store.
+        """
+        from txlock.cli._top import cmd_top
+
+        output, url = output_and_url(context, url, as_json)
+        return cmd_top(output, url=url, prefix=prefix, interval=interval, once=once)
+
+    # `txlock doctor [URL]`: its options and output live in cli/_doctor_command.py.
+    from txlock.cli._doctor_command import doctor_command
+
+    cli.add_command(doctor_command(common, output_and_url))
+
     return cli
 
 
