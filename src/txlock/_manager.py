@@ -280,11 +280,6 @@ class BaseLockManager:
 
     # ------------------------------------------------------------------ Prefect's protocol
 
-    def _timeout(self, acquire_timeout: object) -> float | None:
-        if acquire_timeout is None:
-            return self._default_timeout
-        return check_timeout(acquire_timeout, "acquire_timeout")
-
     def _timed_out(self, key: str, timeout: float | None) -> bool:
         if self._raise_on_timeout:
             raise LockTimeout(key, timeout)
@@ -499,13 +494,10 @@ class BaseLockManager:
         return self._renewed(lease, await self._acall(self._renewal(lease, ttl)))
 
     def _renewed(self, lease: Lease, new: Lease | None) -> Lease:
-        observed = self._observers or _process_observers
         if new is None:
-            if observed:
-                self._emitter.simple("lost", lease.key, lease.holder, lease.token)
+            self._emitter.simple("lost", lease.key, lease.holder, lease.token)
             raise LockLost(lease.key, lease.holder, "it expired or was released before renewal")
-        if observed:
-            self._emitter.simple("renewed", new.key, new.holder, new.token)
+        self._emitter.simple("renewed", new.key, new.holder, new.token)
         return new
 
     def _renewal(self, lease: object, ttl: object) -> Request[Lease | None]:
@@ -546,7 +538,7 @@ class BaseLockManager:
         return self._forced(key, await self._acall(self._force_release(self._valid_key(key)), key))
 
     def _forced(self, key: str, freed: bool) -> bool:
-        if freed and (self._observers or _process_observers):
+        if freed:
             self._emitter.simple("force_released", key)
         return freed
 

@@ -234,6 +234,8 @@ class Emitter:
 
     def simple(self, kind: str, key: str, holder: str | None = None, token: int | None = None,
                error: BaseException | None = None, waited: float | None = None) -> None:
+        if not (self.observers or process_observers):
+            return  # the background renewal reports unconditionally: nobody listens
         held = self.held_for(key, holder) if kind == "lost" and holder is not None else None
         self.emit(LockEvent(kind, self.backend, key, holder, token, waited, held, False, error))
 

@@ -19,7 +19,7 @@ from txlock._validate import decode, encode
 from txlock.backends.redis._scripts import Script
 
 if TYPE_CHECKING:
-    from txlock.backends.redis._hub import WaitState
+    from txlock.backends.redis._hub import Hub, WaitState
 
 __all__ = [
     "Command",
@@ -48,6 +48,21 @@ class ScriptCall(NamedTuple):
     keys: list[bytes]
     args: list[Any]
     waiting: WaitState | None = None
+
+    def hub_to_wait_for(self) -> Hub | None:
+        """The hub whose subscription must be ready before this call runs, or ``None``."""
+        waiting = self.waiting
+        if waiting is None or waiting.hub.ready.is_set():
+            return None
+        return waiting.hub
+
+    def evalsha(self) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command of this call (``eval()`` when the server lacks the script)."""
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    def eval(self) -> tuple[Any, ...]:
+        """The ``EVAL`` command of this call, carrying the script's source."""
+        return ("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
 
 
 class Command(NamedTuple):

@@ -271,8 +271,8 @@ class RedisLockManager(BaseLockManager):
         return translate(exc, self._where, self._secret)
 
     def _exec(self, work: Work) -> Any:
-        if type(work) is ScriptCall and work.waiting is not None and not work.waiting.hub.ready.is_set():
-            hub = work.waiting.hub
+        hub = work.hub_to_wait_for() if type(work) is ScriptCall else None
+        if hub is not None:
             timeout = hub.start()
             if not hub.ready.wait(timeout):
                 raise hub.not_ready(timeout)
@@ -280,11 +280,10 @@ class RedisLockManager(BaseLockManager):
             try:
                 client = self._clients.sync()
                 if type(work) is ScriptCall:
-                    keys = work.keys
                     try:
-                        return client.execute_command("EVALSHA", work.script.sha, len(keys), *keys, *work.args)
+                        return client.execute_command(*work.evalsha())
                     except NoScriptError:
-                        return client.execute_command("EVAL", work.script.source, len(keys), *keys, *work.args)
+                        return client.execute_command(*work.eval())
                 if type(work) is Command:
                     return client.execute_command(work.name, *work.args)
                 assert type(work) is Listing
@@ -296,8 +295,8 @@ class RedisLockManager(BaseLockManager):
                 raise self._error(exc) from exc
 
     async def _aexec(self, work: Work) -> Any:
-        if type(work) is ScriptCall and work.waiting is not None and not work.waiting.hub.ready.is_set():
-            hub = work.waiting.hub
+        hub = work.hub_to_wait_for() if type(work) is ScriptCall else None
+        if hub is not None:
             timeout = hub.start()
             if not await hub.until_ready(timeout):
                 raise hub.not_ready(timeout)
@@ -307,15 +306,10 @@ class RedisLockManager(BaseLockManager):
             try:
                 client = await self._clients.of_this_loop()
                 if type(work) is ScriptCall:
-                    keys = work.keys
                     try:
-                        return await within_budget(
-                            client.execute_command("EVALSHA", work.script.sha, len(keys), *keys, *work.args)
-                        )
+                        return await within_budget(client.execute_command(*work.evalsha()))
                     except NoScriptError:
-                        return await within_budget(
-                            client.execute_command("EVAL", work.script.source, len(keys), *keys, *work.args)
-                        )
+                        return await within_budget(client.execute_command(*work.eval()))
                 if type(work) is Command:
                     return await within_budget(client.execute_command(work.name, *work.args))
                 assert type(work) is Listing
