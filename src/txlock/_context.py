@@ -4,6 +4,14 @@ Blocks are reentrant per holder: the blocks of one (manager, key, holder) share 
 :class:`_Hold`, which takes the lock when the first block enters and releases it when the
 last one leaves. A background job of the process-wide scheduler renews a hold with a
 ``ttl``; a renewal that finds the grant gone marks every block of the hold lost.
+
+A hold with a ``ttl`` is also valid only until a time this process can know without asking
+the store: the moment the request that granted (or last renewed) it was sent, plus the ttl,
+on the monotonic clock (``valid_until``). The store cannot have ended the hold before then,
+and may end it any time after. If no renewal has moved that time on by
+``valid_until - loss_margin(ttl)``, the lease watch declares the hold lost, whether or not
+the renewal in flight ever returns (a network partition, a paused server): the owner learns
+of the loss before anyone else can be granted the key.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from txlock import _scheduler
+from txlock._deadline import DeadlineScope
 from txlock._errors import BackendError, LockLost, LockTimeout
 from txlock._types import Lease
 from txlock._validate import check_hold_timeout, check_timeout
@@ -22,7 +32,21 @@ from txlock._validate import check_hold_timeout, check_timeout
 if TYPE_CHECKING:
     from txlock._manager import BaseLockManager
 
-__all__ = ["LockContext", "default_holder"]
+__all__ = ["LOSS_MARGIN_FRACTION", "LOSS_MARGIN_MAX", "LockContext", "default_holder", "loss_margin"]
+
+#: A ``lock()`` block's hold is declared lost this fraction of its ttl before the end of its
+#: validity as this process knows it (``valid_until``), and at most :data:`LOSS_MARGIN_MAX`
+#: seconds before. The margin covers the lease watch's own lateness (a busy process, a
+#: callback that runs long) and the drift between this host's and the store's clocks over
+#: one ttl (parts per million); it must stay well under the time between two renewals
+#: (a third of the ttl).
+LOSS_MARGIN_FRACTION = 0.1
+LOSS_MARGIN_MAX = 1.0
+
+
+def loss_margin(ttl: float) -> float:
+    """Seconds before the end of its validity at which a hold of ``ttl`` is declared lost."""
+    return min(ttl * LOSS_MARGIN_FRACTION, LOSS_MARGIN_MAX)
 
 
 def default_holder() -> str:
@@ -40,14 +64,31 @@ class _Hold:
     leaves. A lost hold marks them all.
     """
 
-    __slots__ = ("blocks", "guard", "job", "lease", "lost")
+    __slots__ = ("blocks", "guard", "job", "lease", "lost", "valid_until", "watch")
 
     def __init__(self) -> None:
         self.lease: Lease | None = None
         self.lost = False
         self.job: _scheduler.Job | None = None
+        self.watch: _scheduler.Job | None = None
+        #: For a hold with a ttl: the monotonic time until which it is surely valid.
+        self.valid_until: float | None = None
         self.blocks: list[LockContext] = []
+        # Held by a renewal in flight; the lease watch never takes it (it must not wait for
+        # a renewal stuck in a partition): its transitions happen under ``_holds_mutex``.
         self.guard = threading.Lock()
+
+    def gone(self) -> bool:
+        """``True`` once the hold is lost (read again: another thread may have changed it)."""
+        return self.lost
+
+    def lose(self) -> tuple[Lease, list[LockContext]] | None:
+        """Mark the hold lost (call with ``_holds_mutex`` held); the lease and the blocks to
+        tell, or ``None`` when it was already lost or is over."""
+        if self.lost or self.lease is None or not self.blocks:
+            return None
+        self.lost = True
+        return self.lease, list(self.blocks)
 
 
 #: The holds of the ``lock()`` / ``alock()`` blocks running in this process, by manager
@@ -125,6 +166,15 @@ class LockContext:
         """The fencing token of the current grant."""
         return self.lease.token
 
+    @property
+    def valid_until(self) -> float | None:
+        """Until when the hold is surely valid, as a ``time.monotonic()`` reading: when the
+        request that granted or last renewed it was sent, plus the ttl. ``None`` for a hold
+        without a ttl (it lasts as long as this process) or outside the block. The block is
+        reported lost ``loss_margin(ttl)`` seconds before this time unless a renewal moved it."""
+        hold = self._hold
+        return None if hold is None else hold.valid_until
+
     def check(self) -> None:
         """Raise :class:`~txlock.LockLost` if the hold has been lost."""
         if self.lost:
@@ -149,7 +199,18 @@ class LockContext:
             self.nested = hold.lease is not None
             return self.nested
 
-    def _entered(self, lease: Lease) -> LockContext:
+    def _stale(self, sent: float) -> bool:
+        """``True`` when an acquire sent at ``sent`` took so long (it waited) that its grant
+        must be renewed before the block starts, to know until when it is valid."""
+        return self.ttl is not None and time.monotonic() - sent > self.ttl / 3
+
+    def _anchored(self, new: Lease | None) -> Lease:
+        """The lease of a renewal made right after a long acquire (see :meth:`_stale`)."""
+        if new is None:
+            raise LockLost(self.key, self.holder, "it expired before the block could start")
+        return new
+
+    def _entered(self, lease: Lease, sent: float) -> LockContext:
         hold = self._hold
         assert hold is not None
         if self.ttl is None:
@@ -159,8 +220,13 @@ class LockContext:
         with hold.guard:
             hold.lease = lease
             if self.ttl is not None and hold.job is None:
-                renew = functools.partial(self._renew, self.manager, hold, self.ttl)
-                hold.job = _scheduler.schedule(renew, self.ttl / 3, name=f"renew {self.key!r}")
+                ttl = self.ttl
+                hold.valid_until = sent + ttl
+                renew = functools.partial(self._renew, self.manager, hold, ttl)
+                hold.job = _scheduler.schedule(renew, ttl / 3, name=f"renew {self.key!r}")
+                watch = functools.partial(self._watch, self.manager, hold, ttl)
+                first = max(hold.valid_until - loss_margin(ttl) - time.monotonic(), 0.0)
+                hold.watch = _scheduler.watch(watch, first, name=f"lease watch {self.key!r}")
         return self
 
     def _timeout_error(self) -> LockTimeout:
@@ -180,28 +246,64 @@ class LockContext:
     @staticmethod
     def _renew(manager: BaseLockManager, hold: _Hold, ttl: float) -> bool:
         with hold.guard:
-            lease = hold.lease
-            if lease is None or hold.lost or not hold.blocks:
+            lease, valid_until = hold.lease, hold.valid_until
+            if lease is None or valid_until is None or hold.lost or not hold.blocks:
                 return False
+            sent = time.monotonic()
+            left = valid_until - loss_margin(ttl) - sent
+            if left <= 0:
+                return False  # too late: the lease watch declares the loss
             try:
-                new = manager._call(manager._extend(lease.key, lease.holder, lease.token, ttl))
+                # A renewal must end by the time the hold is declared lost, not run into the
+                # next owner's lease: a hard deadline, no margin.
+                with DeadlineScope(left, margin=0.0):
+                    new = manager._call(manager._extend(lease.key, lease.holder, lease.token, ttl))
             except BackendError as exc:  # the scheduler logs it; the next round tries again
                 manager._emitter.simple("renewal_failed", lease.key, lease.holder, lease.token, error=exc)
                 raise
+            late = False
+            lost: tuple[Lease, list[LockContext]] | None = None
+            with _holds_mutex:
+                if new is None:
+                    lost = hold.lose()
+                else:
+                    late = hold.gone()  # given up by the lease watch meanwhile
+                    if not late:
+                        hold.lease, hold.valid_until = new, sent + ttl
+            if late:
+                # The lease watch gave the hold up while this renewal was in flight; it went
+                # through after all, so end it now rather than leave it to its ttl.
+                manager._call(manager._release(lease.key, lease.holder))
+                return False
             if new is not None:
-                hold.lease = new
                 manager._emitter.simple("renewed", lease.key, lease.holder, new.token)
                 return True
-            hold.lost = True
-            manager._emitter.simple("lost", lease.key, lease.holder, lease.token)
-            with _holds_mutex:
-                blocks = list(hold.blocks)
+        if lost is not None:
+            LockContext._report_lost(manager, *lost)
+        return False
+
+    @staticmethod
+    def _watch(manager: BaseLockManager, hold: _Hold, ttl: float) -> float | bool:
+        """The lease watch of a hold: the seconds until its next look, or ``False`` when done."""
+        with _holds_mutex:
+            if hold.lost or not hold.blocks or hold.valid_until is None:
+                return False
+            left = hold.valid_until - loss_margin(ttl) - time.monotonic()
+            if left > 0:
+                return left
+            lost = hold.lose()
+        if lost is not None:
+            LockContext._report_lost(manager, *lost)
+        return False
+
+    @staticmethod
+    def _report_lost(manager: BaseLockManager, lease: Lease, blocks: list[LockContext]) -> None:
+        manager._emitter.simple("lost", lease.key, lease.holder, lease.token)
         for block in blocks:
             block.lost = True
         for block in blocks:
             if block.on_lost is not None:
                 block.on_lost(lease)
-        return False
 
     def _leaving(self) -> bool:
         """Leave the hold; ``True`` if the store must be released (the last block, not lost)."""
@@ -214,6 +316,9 @@ class LockContext:
             return not hold.lost  # nothing renews it, so nothing else can change it
         job.cancel()
         hold.job = None
+        if hold.watch is not None:
+            hold.watch.cancel()
+            hold.watch = None
         with hold.guard:  # a renewal in flight finishes first
             return not hold.lost
 
@@ -231,17 +336,24 @@ class LockContext:
     def __enter__(self) -> LockContext:
         if self._join():
             return self
+        manager = self.manager
+        granted = False
         try:
-            lease = self.manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            sent = time.monotonic()
+            lease = manager.acquire_lease(self.key, self.holder, self.timeout, self.ttl)
             if lease is None:
                 raise self._timeout_error()
+            granted = True
+            if self._stale(sent):
+                sent = time.monotonic()
+                lease = self._anchored(manager._call(manager._extend(self.key, self.holder, lease.token, self.ttl)))
         except BaseException:
             # Another block of this holder may have been granted meanwhile and left.
-            release = self._leaving()
-            other = self.manager._call(self.manager._release(self.key, self.holder)) if release else None
+            release = self._leaving() or granted
+            other = manager._call(manager._release(self.key, self.holder)) if release else None
             self._left(other, True, release)
             raise
-        return self._entered(lease)
+        return self._entered(lease, sent)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         release = self._leaving()
@@ -251,16 +363,24 @@ class LockContext:
     async def __aenter__(self) -> LockContext:
         if self._join():
             return self
+        manager = self.manager
+        granted = False
         try:
-            lease = await self.manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl)
+            sent = time.monotonic()
+            lease = await manager.aacquire_lease(self.key, self.holder, self.timeout, self.ttl)
             if lease is None:
                 raise self._timeout_error()
+            granted = True
+            if self._stale(sent):
+                sent = time.monotonic()
+                renewal = manager._extend(self.key, self.holder, lease.token, self.ttl)
+                lease = self._anchored(await manager._acall(renewal))
         except BaseException:
-            release = self._leaving()
-            other = await self.manager._acall(self.manager._release(self.key, self.holder)) if release else None
+            release = self._leaving() or granted
+            other = await manager._acall(manager._release(self.key, self.holder)) if release else None
             self._left(other, True, release)
             raise
-        return self._entered(lease)
+        return self._entered(lease, sent)
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         release = self._leaving()

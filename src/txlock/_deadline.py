@@ -23,6 +23,12 @@ DEADLINE_MARGIN = 1.0
 
 #: The monotonic time by which the current acquire or wait must end (``None``: no deadline).
 _call_deadline: ContextVar[float | None] = ContextVar("txlock_call_deadline", default=None)
+#: The margin granted past that deadline (0 for a hard deadline: a lease renewal).
+_call_margin: ContextVar[float] = ContextVar("txlock_call_margin", default=DEADLINE_MARGIN)
+
+#: The least budget a network call is given, even past a hard deadline (a zero socket
+#: timeout would mean "do not block" to some drivers, not "give up now").
+MIN_BUDGET = 0.001
 
 
 def call_budget() -> float | None:
@@ -30,7 +36,7 @@ def call_budget() -> float | None:
     deadline = _call_deadline.get()
     if deadline is None:
         return None
-    return max(deadline - time.monotonic(), 0.0) + DEADLINE_MARGIN
+    return max(deadline - time.monotonic() + _call_margin.get(), MIN_BUDGET)
 
 
 def monotonic_deadline(timeout: float | None) -> float:
@@ -41,18 +47,28 @@ def monotonic_deadline(timeout: float | None) -> float:
 
 
 class DeadlineScope:
-    """``with DeadlineScope(seconds):`` sets the call deadline for the block."""
+    """``with DeadlineScope(seconds):`` sets the call deadline for the block.
 
-    __slots__ = ("deadline", "reset_token")
+    ``margin`` is the time a network call may take past it (:data:`DEADLINE_MARGIN` for an
+    acquire or wait; ``0`` for a lease renewal, which must end by the time the lease does).
+    """
 
-    def __init__(self, seconds: float) -> None:
+    __slots__ = ("deadline", "margin", "margin_token", "reset_token")
+
+    def __init__(self, seconds: float, margin: float = DEADLINE_MARGIN) -> None:
         self.deadline = time.monotonic() + seconds
+        self.margin = margin
 
     def __enter__(self) -> None:
         self.reset_token: Token[float | None] = _call_deadline.set(self.deadline)
+        self.margin_token: Token[float] | None = (
+            None if self.margin == DEADLINE_MARGIN else _call_margin.set(self.margin)
+        )
 
     def __exit__(self, *exc: object) -> None:
         _call_deadline.reset(self.reset_token)
+        if self.margin_token is not None:
+            _call_margin.reset(self.margin_token)
 
 
 def deadline_scope(seconds: float | None) -> DeadlineScope | None:

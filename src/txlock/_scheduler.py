@@ -1,8 +1,12 @@
-"""One background thread per process that runs periodic jobs (lease renewals, heartbeats).
+"""Two background threads per process: one runs periodic jobs (lease renewals,
+heartbeats), the other watches lease deadlines.
 
 The contract forbids a thread or timer per lock: every renewal of every ``lock()`` block
-and every backend heartbeat of a process shares this single daemon thread, started on
-first use. After ``fork()`` the child starts with no jobs: it must never renew, and so
+and every backend heartbeat of a process shares the single ``txlock-heartbeat`` daemon
+thread, started on first use. Its jobs do I/O, and a renewal sent into a network partition
+can hang there until its deadline; so the deadlines by which a ``lock()`` block must
+consider its hold lost are kept by a second thread, ``txlock-lease-watch``, whose jobs never
+do I/O (:func:`watch`). After ``fork()`` the child starts with no jobs: it must never renew, and so
 keep alive, the holds of its parent.
 """
 
@@ -15,15 +19,15 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["Job", "schedule"]
+__all__ = ["Job", "schedule", "watch"]
 
 class Job:
     """A periodic job. ``fn()`` runs every ``interval`` seconds until it returns ``False``
-    or the job is cancelled."""
+    or the job is cancelled; a ``float`` it returns is the delay before its next run."""
 
     __slots__ = ("cancelled", "fn", "interval", "name")
 
-    def __init__(self, fn: Callable[[], bool | None], interval: float, name: str) -> None:
+    def __init__(self, fn: Callable[[], bool | float | None], interval: float, name: str) -> None:
         self.fn = fn
         self.interval = interval
         self.name = name
@@ -35,7 +39,8 @@ class Job:
 
 
 class _Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, thread_name: str) -> None:
+        self._thread_name = thread_name
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
@@ -45,7 +50,7 @@ class _Scheduler:
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + first_delay, next(self._seq), job))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="txlock-heartbeat", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
                 self._thread.start()
             self._cond.notify()
 
@@ -68,37 +73,52 @@ class _Scheduler:
                         break
                     self._cond.wait(due)
             try:
-                again = job.fn() is not False
+                outcome = job.fn()
+                again = outcome is not False
+                delay = outcome if type(outcome) is float else job.interval
             except Exception:  # a job must never kill the thread that serves every other job
                 import logging
 
                 logging.getLogger("txlock.scheduler").exception(
                     "background job %s failed; retrying in %.3gs", job.name, job.interval
                 )
-                again = True
+                again, delay = True, job.interval
             if again and not job.cancelled:
                 with self._cond:
-                    heapq.heappush(self._heap, (time.monotonic() + job.interval, next(self._seq), job))
+                    heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), job))
 
 
-_scheduler = _Scheduler()
+_scheduler = _Scheduler("txlock-heartbeat")
+_watcher = _Scheduler("txlock-lease-watch")
 
 
 def _reset_after_fork() -> None:
-    global _scheduler
-    _scheduler = _Scheduler()
+    global _scheduler, _watcher
+    _scheduler = _Scheduler("txlock-heartbeat")
+    _watcher = _Scheduler("txlock-lease-watch")
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def schedule(fn: Callable[[], bool | None], interval: float, *, name: str, first_delay: float | None = None) -> Job:
+def schedule(
+    fn: Callable[[], bool | float | None], interval: float, *, name: str, first_delay: float | None = None
+) -> Job:
     """Run ``fn`` every ``interval`` seconds on the shared background thread."""
     job = Job(fn, interval, name)
     _scheduler.add(job, interval if first_delay is None else first_delay)
     return job
 
 
+def watch(fn: Callable[[], bool | float | None], first_delay: float, *, name: str) -> Job:
+    """Run ``fn`` after ``first_delay`` seconds on the lease-watch thread, then again after
+    each delay it returns, until it returns ``False`` or is cancelled. ``fn`` must not do
+    I/O: this thread keeps deadlines while the other one may be stuck in a renewal."""
+    job = Job(fn, first_delay, name)
+    _watcher.add(job, first_delay)
+    return job
+
+
 def job_count() -> int:
     """How many jobs are scheduled in this process (for tests and introspection)."""
-    return _scheduler.jobs()
+    return _scheduler.jobs() + _watcher.jobs()
