@@ -169,9 +169,12 @@ class LockContext:
     @property
     def valid_until(self) -> float | None:
         """Until when the hold is surely valid, as a ``time.monotonic()`` reading: when the
-        request that granted or last renewed it was sent, plus the ttl. ``None`` for a hold
-        without a ttl (it lasts as long as this process) or outside the block. The block is
-        reported lost ``loss_margin(ttl)`` seconds before this time unless a renewal moved it."""
+        request that granted or last renewed it was sent, plus the ttl. For a hold without a
+        ttl on a store that keeps it alive by a heartbeat (Redis, PostgreSQL): the later of its
+        grant and the last heartbeat that went through, plus the store's ``liveness``. ``None``
+        for a hold that lasts as long as this process whatever the store does (memory, file,
+        SQLite) and outside the block. The block is reported lost ``loss_margin`` seconds
+        (a tenth of the window, at most 1 s) before this time unless it moved on."""
         hold = self._hold
         return None if hold is None else hold.valid_until
 
@@ -215,6 +218,8 @@ class LockContext:
         assert hold is not None
         if self.ttl is None:
             hold.lease = lease  # no renewal job to race with (unless another block started one)
+            if hold.watch is None:
+                self._watch_process_hold(hold, sent)
             if hold.job is None:
                 return self
         with hold.guard:
@@ -224,10 +229,22 @@ class LockContext:
                 hold.valid_until = sent + ttl
                 renew = functools.partial(self._renew, self.manager, hold, ttl)
                 hold.job = _scheduler.schedule(renew, ttl / 3, name=f"renew {self.key!r}")
-                watch = functools.partial(self._watch, self.manager, hold, ttl)
+                watch = functools.partial(self._watch, self.manager, hold, loss_margin(ttl), None)
                 first = max(hold.valid_until - loss_margin(ttl) - time.monotonic(), 0.0)
                 hold.watch = _scheduler.watch(watch, first, name=f"lease watch {self.key!r}")
         return self
+
+    def _watch_process_hold(self, hold: _Hold, sent: float) -> None:
+        """Watch a hold without ttl on a store that keeps it alive by a heartbeat: it is
+        lost if no heartbeat gets through for the store's liveness window."""
+        valid_until = self.manager._process_hold_valid_until(sent)
+        if valid_until is None:
+            return  # it lasts as long as this process
+        margin = loss_margin(valid_until - sent)
+        hold.valid_until = valid_until
+        watch = functools.partial(self._watch, self.manager, hold, margin, sent)
+        first = max(valid_until - margin - time.monotonic(), 0.0)
+        hold.watch = _scheduler.watch(watch, first, name=f"liveness watch {self.key!r}")
 
     def _timeout_error(self) -> LockTimeout:
         return LockTimeout(self.key, self.timeout if self.timeout is not None else self.manager._default_timeout)
@@ -283,12 +300,18 @@ class LockContext:
         return False
 
     @staticmethod
-    def _watch(manager: BaseLockManager, hold: _Hold, ttl: float) -> float | bool:
-        """The lease watch of a hold: the seconds until its next look, or ``False`` when done."""
+    def _watch(manager: BaseLockManager, hold: _Hold, margin: float, granted: float | None) -> float | bool:
+        """The lease watch of a hold: the seconds until its next look, or ``False`` when done.
+
+        ``granted`` is when the request that granted a hold without ttl was sent (its validity
+        then follows the store's heartbeats); ``None`` for a hold with a ttl (its renewals move
+        ``valid_until``)."""
         with _holds_mutex:
+            if granted is not None and not hold.lost:
+                hold.valid_until = manager._process_hold_valid_until(granted)
             if hold.lost or not hold.blocks or hold.valid_until is None:
                 return False
-            left = hold.valid_until - loss_margin(ttl) - time.monotonic()
+            left = hold.valid_until - margin - time.monotonic()
             if left > 0:
                 return left
             lost = hold.lose()
@@ -311,14 +334,14 @@ class LockContext:
         assert hold is not None
         if not self._drop(hold):
             return False
+        if hold.watch is not None:
+            hold.watch.cancel()
+            hold.watch = None
         job = hold.job
         if job is None:
             return not hold.lost  # nothing renews it, so nothing else can change it
         job.cancel()
         hold.job = None
-        if hold.watch is not None:
-            hold.watch.cancel()
-            hold.watch = None
         with hold.guard:  # a renewal in flight finishes first
             return not hold.lost
 

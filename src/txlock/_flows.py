@@ -27,11 +27,13 @@ The drivers hold no locking logic, only the mechanics of their world.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from txlock._deadline import monotonic_deadline
+from txlock._errors import BackendUnavailable
 from txlock._observe import note_contended
 from txlock._types import Busy, Lease
 from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
@@ -54,6 +56,12 @@ __all__ = [
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+#: The first and the longest pause, in seconds, between the looks of a waiter whose store
+#: is unreachable (it keeps looking until its deadline; a wake-up cuts a pause short).
+OUTAGE_BACKOFF: Final = (0.05, 1.0)
+
+_log = logging.getLogger("txlock")
 
 #: What a primitive returns: ``(work, read)``. The manager's transport executes ``work``
 #: and ``read`` turns the reply into the primitive's result. ``read`` is ``None`` when no
@@ -105,6 +113,7 @@ def acquire_flow(
     deadline = monotonic_deadline(timeout)
     result: Lease | Busy | None = first
     waiter: Waiter | None = None
+    outage = 0.0
     try:
         if result is None:
             result = yield manager._try_acquire(key, holder, ttl, None)
@@ -131,7 +140,19 @@ def acquire_flow(
                     break
             # Register (first time), then look again: a release between the last look
             # and the registration must not be missed.
-            result = yield manager._try_acquire(key, holder, ttl, waiter)
+            try:
+                result = yield manager._try_acquire(key, holder, ttl, waiter)
+                outage = 0.0
+            except BackendUnavailable:
+                # A waiter rides out a store that went away (a restart, a failover) until
+                # its deadline, looking again with backoff; a look whose reply was lost may
+                # have been granted, and the next look by the same holder returns that grant.
+                if deadline - time.monotonic() <= OUTAGE_BACKOFF[0]:
+                    raise
+                if not outage:
+                    _log.warning("txlock: the store of %r is unreachable; the waiter keeps trying", key, exc_info=True)
+                outage = min(max(outage * 2, OUTAGE_BACKOFF[0]), OUTAGE_BACKOFF[1])
+                result = Busy(None, outage)
         # A cancellation that arrived while the granting request was in flight is
         # delivered here, inside the try, so the grant is released, not leaked.
         yield CHECKPOINT

@@ -500,6 +500,15 @@ class BaseLockManager:
         self._emitter.simple("renewed", new.key, new.holder, new.token)
         return new
 
+    def _process_hold_valid_until(self, sent: float) -> float | None:
+        """Until when (``time.monotonic()``) a hold without ``hold_timeout`` granted by a
+        request sent at ``sent`` is surely valid, or ``None`` when it lasts as long as this
+        process does, whatever happens to the store (memory, file, SQLite: the kernel ends
+        it). Stores that keep such holds alive with a heartbeat answer the later of ``sent``
+        and the last heartbeat that went through, plus their liveness window; a ``lock()``
+        block reports its hold lost before that time passes."""
+        return None
+
     def _renewal(self, lease: object, ttl: object) -> Request[Lease | None]:
         _check_lease(lease)
         assert isinstance(lease, Lease)

@@ -32,7 +32,7 @@ BACKEND_PID = "SELECT pg_backend_pid()"
 class Registration:
     """What a waiter of this backend carries in ``Waiter.data`` (and the listener's table)."""
 
-    __slots__ = ("acquire", "call", "channel", "key_tag", "queued", "ticket", "waiter_id")
+    __slots__ = ("acquire", "call", "channel", "digest", "held", "key_tag", "queued", "ticket", "waiter_id")
 
     def __init__(self, channel: str, key_tag: str, acquire: bool) -> None:
         self.channel = channel
@@ -44,12 +44,18 @@ class Registration:
         # (key, holder, hold_timeout) of a queued acquire: what its lease is made of when
         # a release hands it the lock.
         self.call: tuple[str, str, float | None] | None = None
+        #: The store's set of held key hashes (``Store.held``) and this key's hash, to record
+        #: a hold without hold_timeout handed to this call.
+        self.held: set[bytes] | None = None
+        self.digest: bytes | None = None
 
     def lease(self, token: int, expires: float) -> Lease:
         """The lease of this call once handed the lock (its process's heartbeat already
         runs: the call registered as a waiter)."""
         assert self.call is not None
         key, holder, ttl = self.call
+        if ttl is None and self.held is not None and self.digest is not None:
+            self.held.add(self.digest)
         return Lease(key, holder, token, None if ttl is None else expires, ttl)
 
 

@@ -9,7 +9,9 @@ import concurrent.futures
 import hashlib
 import logging
 import math
+import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -61,6 +63,9 @@ class Store:
         self.schema = schema
         self.table = table
         self.liveness = liveness
+        #: When the last heartbeat that went through was sent (``time.monotonic()``): the holds
+        #: of this process are surely valid until then plus ``liveness``.
+        self.beat_sent = 0.0
         self.display = f"PostgreSQL at {conninfo_url(conninfo, hide=True)} (table {schema}.{table})"
         self.statements = Statements(schema, table, durable)
         self.name = f"{schema}.{table}"
@@ -77,6 +82,10 @@ class Store:
         # them meanwhile. Kept for two liveness windows (id -> monotonic deadline), long
         # enough for a grant racing the first deletion to become visible to a later beat.
         self.orphans: dict[uuid.UUID, float] = {}
+        #: The key hashes of the holds without hold_timeout this process knows it has: the
+        #: heartbeat renews only those (and those handed to its live waiters), so a grant
+        #: whose reply was lost is not kept alive by it and ends within ``liveness``.
+        self.held: set[bytes] = set()
         # Connection -> whether it reaches the server directly (not through a proxy).
         self.kinds: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.connect_args: dict[str, Any] = {"connect_timeout": "10", **conninfo, "autocommit": True}
@@ -158,15 +167,22 @@ class Store:
             now = time.monotonic()
             self.orphans = {waiter: until for waiter, until in self.orphans.items() if until > now}
             orphans = list(self.orphans)
-        params = {"owner": self.owner, "liveness": self.liveness, "channel": self.channel, "orphans": orphans}
+        params = {
+            "owner": self.owner, "liveness": self.liveness, "channel": self.channel, "orphans": orphans,
+            "held": list(self.held),
+        }
+        sent = time.monotonic()
         try:
             params["live"] = self.listener.live(self.channel)
             rows = self.connections.run(Query([self.statements.heartbeat], params))
         except BackendError as exc:
             log.warning("txlock heartbeat for %s failed: %s", self.display, exc)
             return True
+        self.beat_sent = max(self.beat_sent, sent)
         lost = rows[0][2] if rows else None
         if lost:
+            for key in lost:
+                self.held.discard(hashlib.sha256(bytes(key)).digest())
             log.error(
                 "txlock lost %d hold(s) on %s because the heartbeat came too late (the process was paused"
                 " or the server unreachable for more than %gs): %s",
@@ -228,6 +244,30 @@ class Store:
                 )
 
     # -- connections
+
+    @staticmethod
+    def deadline_guard(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> _scheduler.Job | None:
+        """Cut ``conn`` off when the current call's deadline (plus its margin) passes, or
+        ``None`` when the call has no deadline. Cancel the job once the round trip is over.
+
+        A server that accepted the connection and stopped answering (paused, partitioned, a
+        half-open connection) would otherwise keep a statement waiting for its reply until
+        TCP gives up, many minutes later. The lease-watch thread shuts the socket down; the
+        read in progress then fails at once, and the connection is dropped as broken."""
+        budget = call_budget()
+        if budget is None:
+            return None
+        fd = conn.pgconn.socket
+
+        def cut() -> bool:
+            try:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+            return False
+
+        return _scheduler.watch(cut, budget, name="txlock postgres deadline")
 
     def bounded_connect_args(self) -> dict[str, Any]:
         """``connect_args``, with ``connect_timeout`` cut to the current call's deadline (plus

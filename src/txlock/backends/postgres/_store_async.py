@@ -132,6 +132,14 @@ class AsyncConnections:
             self.slots.release()
 
     async def _execute(self, link: AsyncLink, query: Query) -> Rows:
+        guard = self.store.deadline_guard(link[0])
+        try:
+            return await self._statements(link, query)
+        finally:
+            if guard is not None:
+                guard.cancel()
+
+    async def _statements(self, link: AsyncLink, query: Query) -> Rows:
         conn, cursor = link
         store = self.store
         async with conn.transaction() if len(query.statements) > 1 or not conn.autocommit else NO_TRANSACTION:

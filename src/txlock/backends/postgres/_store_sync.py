@@ -133,6 +133,14 @@ class Connections:
             self.slots.release()
 
     def _execute(self, link: Link, query: Query) -> Rows:
+        guard = self.store.deadline_guard(link[0])
+        try:
+            return self._statements(link, query)
+        finally:
+            if guard is not None:
+                guard.cancel()
+
+    def _statements(self, link: Link, query: Query) -> Rows:
         conn, cursor = link
         store = self.store
         with conn.transaction() if len(query.statements) > 1 or not conn.autocommit else NO_TRANSACTION:

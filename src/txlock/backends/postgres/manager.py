@@ -261,8 +261,13 @@ class PostgresLockManager(BaseLockManager):
         digest = hashlib.sha256(data).digest()
         return data, digest, digest[:12].hex()
 
+    def _process_hold_valid_until(self, sent: float) -> float | None:
+        # A hold without hold_timeout lasts liveness past its grant or the last heartbeat.
+        return max(sent, self._store.beat_sent) + self.liveness
+
     def _lease(self, key: str, holder: str, ttl: float | None, row: Sequence[Any]) -> Lease:
         if ttl is None:
+            self._store.held.add(self._key(key)[1])
             self._store.need_heartbeat()
         return Lease(key, holder, int(row[0]), None if ttl is None else float(row[2]), ttl)
 
@@ -316,6 +321,7 @@ class PostgresLockManager(BaseLockManager):
         if registration is not None:
             registration.queued = True
             registration.call = (key, holder, ttl)
+            registration.held, registration.digest = store.held, digest
             store.need_heartbeat()
         params["waiter"] = registration.waiter_id if registration is not None else None
         params["ticket"] = registration.ticket if registration is not None else None
@@ -354,7 +360,14 @@ class PostgresLockManager(BaseLockManager):
         # release answers as "nobody else holds it": no rows.
         holder_query = Query([store.statements.holder], {"key_hash": digest})
         query = Query([store.statements.release], params, then=lambda rows: [] if rows else holder_query)
-        return query, lambda rows: self._other_holder(holder, rows)
+
+        def read(rows: Rows) -> str | None:
+            other = self._other_holder(holder, rows)
+            if other is None:  # released, or not held: no hold of this process to renew
+                store.held.discard(digest)
+            return other
+
+        return query, read
 
     @staticmethod
     def _other_holder(holder: str, rows: Rows) -> str | None:
@@ -393,6 +406,7 @@ class PostgresLockManager(BaseLockManager):
         store = self._store
         _, digest, key_tag = self._key(key)
         params = {"key_hash": digest, "channel": store.channel, "payload": key_tag}
+        store.held.discard(digest)
         return Query([store.statements.force_release], params), bool
 
     def _watch(self, key: str, waiter: Waiter | None) -> Request[Busy | None]:

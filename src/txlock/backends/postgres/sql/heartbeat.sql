@@ -1,4 +1,6 @@
--- The heartbeat: one statement renewing every hold of this process and the queue tickets
+-- The heartbeat: one statement renewing the holds this process knows it has (those whose
+-- grant it saw, and those handed to its live waiters: a grant whose reply was lost is left to
+-- end within the liveness window), and the queue tickets
 -- of its waiting calls (only those still waiting: a ticket whose call is gone, because its
 -- removal failed or its reply was lost with a connection, is deleted instead, and the next
 -- waiter notified), reporting holds that lapsed. A ticket is deleted only once no longer
@@ -7,6 +9,7 @@
 WITH holds AS (
   UPDATE {locks} SET expires_at = now() + make_interval(secs => %(liveness)s::float8)
   WHERE owner = %(owner)s AND expires_at > now()
+    AND (key_hash = ANY(%(held)s::bytea[]) OR granted = ANY(%(live)s::uuid[]))
     AND (granted IS NULL OR NOT granted = ANY(%(orphans)s::uuid[])) RETURNING 1
 ),
 tickets AS (
@@ -33,6 +36,10 @@ stale_notified AS (
   FROM (SELECT DISTINCT key_hash FROM stale) s
   WHERE NOT EXISTS (SELECT 1 FROM {locks} l WHERE l.key_hash = s.key_hash AND l.expires_at > now())
 ),
-lost AS (UPDATE {locks} SET owner = NULL WHERE owner = %(owner)s AND expires_at <= now() RETURNING key)
-SELECT (SELECT count(*) FROM holds), (SELECT count(*) FROM tickets), (SELECT array_agg(key) FROM lost),
+lost AS (
+  UPDATE {locks} SET owner = NULL WHERE owner = %(owner)s AND expires_at <= now()
+  RETURNING key, key_hash = ANY(%(held)s::bytea[]) AS known
+)
+SELECT (SELECT count(*) FROM holds), (SELECT count(*) FROM tickets),
+  (SELECT array_agg(key) FILTER (WHERE known) FROM lost),
   (SELECT count(*) FROM stale), (SELECT count(*) FROM stale_notified), (SELECT count(*) FROM freed_notified)
