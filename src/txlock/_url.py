@@ -26,6 +26,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "rediss": ("txlock.backends.redis", "RedisLockManager", "redis"),
     "unix": ("txlock.backends.redis", "RedisLockManager", "redis"),
     "redis+cluster": ("txlock.backends.redis", "RedisLockManager", "redis"),
+    "redis+sentinel": ("txlock.backends.redis", "RedisLockManager", "redis"),
+    "rediss+sentinel": ("txlock.backends.redis", "RedisLockManager", "redis"),
     "postgresql": ("txlock.backends.postgres", "PostgresLockManager", "postgres"),
     "postgres": ("txlock.backends.postgres", "PostgresLockManager", "postgres"),
 }

@@ -18,6 +18,7 @@ import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.cluster
 import redis.connection
+import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -25,7 +26,7 @@ from redis.retry import Retry
 from txlock._deadline import DEADLINE_MARGIN, call_budget
 from txlock._errors import BackendError, BackendUnavailable
 from txlock._options import hide_password
-from txlock.backends.redis._url import RedisUrl
+from txlock.backends.redis._url import RedisUrl, SentinelTarget
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -58,10 +59,10 @@ _UNAVAILABLE = (
 DRIVER_ERRORS = (RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
-def translate(exc: BaseException, where: str, secret: str | None) -> BackendError:
-    """The one place where redis-py's exceptions become txlock's (password scrubbed)."""
+def translate(exc: BaseException, where: str, secrets: tuple[str, ...] = ()) -> BackendError:
+    """The one place where redis-py's exceptions become txlock's (passwords scrubbed)."""
     detail = hide_password(f"{type(exc).__name__}: {exc}")
-    if secret:
+    for secret in secrets:
         detail = detail.replace(secret, "***")
     if isinstance(exc, redis.exceptions.AuthenticationError):
         return BackendUnavailable(f"Redis at {where} refused the credentials ({detail}); check the URL's password")
@@ -125,7 +126,21 @@ class _UnixConnection(_DeadlineConnection, redis.connection.UnixDomainSocketConn
     pass
 
 
-_CONNECTIONS = {"redis": _TcpConnection, "rediss": _TlsConnection, "unix": _UnixConnection}
+class _SentinelConnection(_DeadlineConnection, redis.sentinel.SentinelManagedConnection):
+    pass
+
+
+class _SentinelTlsConnection(_DeadlineConnection, redis.sentinel.SentinelManagedSSLConnection):
+    pass
+
+
+_CONNECTIONS = {
+    "redis": _TcpConnection,
+    "rediss": _TlsConnection,
+    "unix": _UnixConnection,
+    "redis+sentinel": _SentinelConnection,
+    "rediss+sentinel": _SentinelTlsConnection,
+}
 
 
 async def within_budget(call: Any) -> Any:
@@ -176,13 +191,75 @@ def _client_options(url: RedisUrl, *, asynchronous: bool) -> dict[str, Any]:
 
 
 def new_client(url: RedisUrl, *, asynchronous: bool) -> Any:
-    """A new redis-py client for ``url``: sync or asyncio, single server or Cluster."""
+    """A new redis-py client for ``url``: sync or asyncio, single server, Sentinel or Cluster."""
     kwargs = _client_options(url, asynchronous=asynchronous)
+    if url.sentinel is not None:
+        return _sentinel_client(url.sentinel, kwargs, asynchronous=asynchronous)
     if url.cluster:
         kind: Any = redis.asyncio.cluster.RedisCluster if asynchronous else redis.cluster.RedisCluster
     else:
         kind = redis.asyncio.Redis if asynchronous else redis.Redis
     return kind.from_url(url.redis_url, **kwargs)
+
+
+class _SentinelRedis(redis.Redis):
+    """The client of the primary Sentinel names; closing it closes the sentinels' connections too."""
+
+    sentinel: Any = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.sentinel is not None:
+                with contextlib.suppress(Exception):
+                    self.sentinel.close()
+
+
+class _AsyncSentinelRedis(redis.asyncio.Redis):
+    """The asyncio twin of :class:`_SentinelRedis`."""
+
+    sentinel: Any = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel is not None:
+                for client in self.sentinel.sentinels:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
+
+
+def _sentinel_client(target: SentinelTarget, kwargs: dict[str, Any], *, asynchronous: bool) -> Any:
+    """A client of the primary the sentinels of ``target`` name, following their failovers.
+
+    The servers' options come from ``target.server_url`` (parsed by redis-py, like any
+    ``redis://`` URL); the sentinels get the socket timeouts, TLS and their own credentials."""
+    import redis.asyncio.sentinel
+
+    parse_url = redis.asyncio.connection.parse_url if asynchronous else redis.connection.parse_url
+    options: dict[str, Any] = dict(parse_url(target.server_url))
+    tls = options.pop("connection_class", None) is not None  # rediss: SSLConnection
+    for name in ("host", "port", "path"):
+        options.pop(name, None)
+    options.update(kwargs)
+    if tls and asynchronous:
+        options["ssl"] = True
+    sentinel_kwargs: dict[str, Any] = {
+        name: value for name, value in options.items() if name.startswith(("socket_", "ssl"))
+    }
+    sentinel_kwargs.update(target.sentinel_auth)
+    if tls:
+        sentinel_kwargs["ssl"] = True
+    if asynchronous:
+        manager: Any = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
+        client = manager.master_for(target.service, redis_class=_AsyncSentinelRedis, **options)
+    else:
+        manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs)
+        client = manager.master_for(target.service, redis_class=_SentinelRedis, **options)
+    client.sentinel = manager
+    return client
 
 
 def given_max_connections(client: Any, async_client: Any) -> int:

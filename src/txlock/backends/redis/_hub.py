@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from txlock import _scheduler
 from txlock._deadline import call_budget
@@ -75,10 +75,18 @@ class Hub:
     (the head of the key's queue), so each id is a channel with one waiter.
     """
 
-    def __init__(self, make_client: Callable[[], Any], where: str, secret: str | None, cluster: bool) -> None:
+    def __init__(
+        self, make_client: Callable[[], Any], where: str, secrets: tuple[str, ...], cluster: bool,
+        wait_replicas: int = 0, wait_timeout: float = 1.0,
+    ) -> None:
         self._make_client = make_client
+        #: With ``wait_replicas``, a lock handed over by a release is claimed by the waiter
+        #: (a round trip, then the replicas' confirmation), not taken from the message; and
+        #: a heartbeat counts only once that many replicas confirm it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.where = where
-        self._secret = secret
+        self._secrets = secrets
         self.cluster = cluster
         self.channel = f"txlock:wake:{uuid.uuid4().hex}"
         self.lock = threading.Lock()
@@ -90,6 +98,8 @@ class Hub:
         self.holds: dict[bytes, tuple[bytes, int]] = {}  # hold key -> (token, liveness ms)
         self._renewed: dict[bytes, float] = {}  # hold key -> last successful renewal (monotonic)
         self._failing = False
+        #: When (``time.monotonic()``) the last heartbeat that renewed every hold was sent.
+        self.last_beat = -math.inf
         self._job: _scheduler.Job | None = None
         self._interval = math.inf
         self._client: Any = None
@@ -152,7 +162,7 @@ class Hub:
 
     def not_ready(self, timeout: float) -> BackendUnavailable:
         error = self._error
-        detail = f" ({translate(error, self.where, self._secret)})" if error is not None else ""
+        detail = f" ({translate(error, self.where, self._secrets)})" if error is not None else ""
         return BackendUnavailable(
             f"could not subscribe to wake-ups on Redis at {self.where} within {timeout:g}s{detail}"
         )
@@ -189,7 +199,7 @@ class Hub:
                             pubsub.close()
                         pubsub = None
                     log.log(level, "wake-up listener lost Redis at %s (%s); reconnecting", self.where,
-                            translate(exc, self.where, self._secret))
+                            translate(exc, self.where, self._secrets))
                     self.waiters.wake_all()
                     time.sleep(delay)  # back off before reconnecting (not ordering events)
                     delay = min(delay * 2, 1.0)
@@ -211,7 +221,7 @@ class Hub:
     def _dispatch(self, data: bytes) -> None:
         parts = data.split(b" ")
         for waiter, state in self.waiters.entries(parts[1].decode()):
-            if parts[0] == b"g" and state.holder is not None:
+            if parts[0] == b"g" and state.holder is not None and not self.wait_replicas:
                 # A release handed the lock to this waiter: its lease, with no round trip.
                 # The lease is set before the waiter is forgotten: a reader that finds no
                 # state (``Waiter.data``) finds the lease.
@@ -249,32 +259,52 @@ class Hub:
                 self._interval = math.inf
                 return False
             items = list(self.holds.items())
+        sent = time.monotonic()
         groups: dict[int, list[tuple[bytes, tuple[bytes, int]]]] = {}
         if self.cluster:
             for item in items:
                 groups.setdefault(key_slot(item[0]), []).append(item)
         else:
             groups = {start: items[start : start + HEARTBEAT_BATCH] for start in range(0, len(items), HEARTBEAT_BATCH)}
-        for group in groups.values():
-            self._renew(group)
+        renewed = [self._renew(group) for group in groups.values()]
+        if all(renewed):
+            with self.lock:
+                self.last_beat = max(self.last_beat, sent)
         return True
 
-    def _renew(self, group: list[tuple[bytes, tuple[bytes, int]]]) -> None:
+    def _renew_confirmed(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
+        """The heartbeat script, then ``WAIT`` on the same connection; its reply, or
+        :class:`Unconfirmed` when too few replicas have the renewal."""
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", HEARTBEAT.source, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+        replies, acked = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise Unconfirmed(
+                f"{acked} of {self.wait_replicas} replica(s) confirmed the renewal within {self.wait_timeout:g}s"
+            )
+        return replies
+
+    def _renew(self, group: list[tuple[bytes, tuple[bytes, int]]]) -> bool:
+        """Renew one group of holds in one script call; ``False`` if the call failed."""
         keys = [hold_key for hold_key, _ in group]
         args = [value for _, held in group for value in held]
         started = time.monotonic()
         try:
             client = self.client()
-            try:
-                replies = client.evalsha(HEARTBEAT.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                replies = client.eval(HEARTBEAT.source, len(keys), *keys, *args)
+            if self.wait_replicas:
+                replies = self._renew_confirmed(client, keys, args)
+            else:
+                try:
+                    replies = client.evalsha(HEARTBEAT.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    replies = client.eval(HEARTBEAT.source, len(keys), *keys, *args)
             lost = [group[int(index) - 1] for index in replies]
         except DRIVER_ERRORS as exc:
             level = logging.DEBUG if self._failing else logging.WARNING
             self._failing = True
             log.log(level, "heartbeat could not renew %d hold(s) on Redis at %s: %s", len(keys), self.where,
-                    translate(exc, self.where, self._secret))
+                    translate(exc, self.where, self._secrets))
             # A hold not renewed for a whole liveness window has expired on the server: stop trying.
             with self.lock:
                 lost = [(hold_key, held) for hold_key, held in group
@@ -290,6 +320,11 @@ class Hub:
         for hold_key, (token, _) in lost:
             log.info("process-bound hold %r is lost (expired, released or force-released)", hold_key)
             self.drop(hold_key, token)
+        return not self._failing
+
+
+class Unconfirmed(RedisError):
+    """A heartbeat that fewer than ``wait_replicas`` replicas confirmed (handled as a failed one)."""
 
 
 #: This process's hubs, by server (a URL, or the identity of a caller-supplied client). A

@@ -1,32 +1,37 @@
 """The work a primitive hands the transport, and the pure functions that read the replies.
 
-Three kinds of work, each executed by the manager's one ``_exec`` (sync) and one ``_aexec``
+Four kinds of work, each executed by the manager's one ``_exec`` (sync) and one ``_aexec``
 (async):
 
 * :class:`ScriptCall`: a Lua script on a lock's keys (EVALSHA, falling back to EVAL);
 * :class:`Command`: one plain command (``HGET``);
-* :class:`Listing`: ``SCAN`` for every hold, then one pipeline reading them all.
+* :class:`Listing`: ``SCAN`` for every hold, then one pipeline reading them all;
+* :class:`Confirmed`: a script that grants or renews, then (with ``wait_replicas``) the
+  replicas' confirmation of what it granted.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from txlock._types import Lease, LockInfo
 from txlock._validate import decode, encode
-from txlock.backends.redis._scripts import Script
+from txlock.backends.redis._scripts import CONFIRM, REVOKE, Script
 
 if TYPE_CHECKING:
     from txlock.backends.redis._hub import Hub, WaitState
 
 __all__ = [
     "Command",
+    "Confirmed",
     "Listing",
     "ScriptCall",
     "Work",
     "glob_escape",
+    "granted_token",
     "hold_ms",
     "lease_of",
     "listed",
@@ -79,7 +84,44 @@ class Listing(NamedTuple):
     pattern: bytes
 
 
-Work: TypeAlias = ScriptCall | Command | Listing
+class Confirmed(NamedTuple):
+    """Run ``call`` (a grant or a renewal); if it granted, have ``replicas`` replicas confirm it.
+
+    The transport runs ``call``; when ``token_of`` finds a grant in its reply, it sends
+    :meth:`confirm` and ``WAIT replicas <ms>`` in one pipeline, so on one connection: WAIT
+    counts the replicas that have everything up to that connection's last write, the
+    confirm script's write, made after the grant. Fewer replicas within ``timeout`` (or the
+    call's deadline): a grant (``revoke`` set) is withdrawn by :meth:`withdraw`, a renewal is
+    left as it is, and the call fails with ``BackendUnavailable``.
+    """
+
+    call: ScriptCall
+    #: The token the call's reply granted or renewed, ``None`` when it granted nothing.
+    token_of: Callable[[Any], int | None]
+    holder: bytes
+    replicas: int
+    timeout: float
+    #: ``(liveness ms, encoded key)`` to withdraw an unconfirmed grant; ``None`` for a renewal.
+    revoke: tuple[int, bytes] | None
+    #: What the call does, for the error message (``"the grant of 'k'"``).
+    what: str
+
+    def confirm(self, token: int) -> ScriptCall:
+        """The write that WAIT then counts from."""
+        return ScriptCall(CONFIRM, self.call.keys[:1], [self.holder, str(token)])
+
+    def withdraw(self, token: int) -> ScriptCall:
+        """Withdraw the grant ``token`` (a release by token: a later grant is left alone)."""
+        assert self.revoke is not None
+        return ScriptCall(REVOKE, self.call.keys, [self.holder, str(token), *self.revoke])
+
+
+def granted_token(reply: Any) -> int | None:
+    """The token of an acquire script's reply that granted (``{1, token, ...}``), else ``None``."""
+    return int(reply[1]) if reply is not None and reply[0] == 1 else None
+
+
+Work: TypeAlias = ScriptCall | Command | Listing | Confirmed
 
 #: The fields of a hold record that ``list_locks`` reads.
 LIST_FIELDS = ("holder", "token", "at", "ttl", "key")

@@ -1,10 +1,10 @@
 """The Lua scripts, one file each under ``lua/``, read once when the backend is imported.
 
 Every step of the Redis backend (acquire, release, extend, inspect, watch, withdraw, force
-release, heartbeat) is one script, so one round trip. Each script starts with its fast path;
-the functions its slow path shares with the others (``lua/functions.lua``) are put in where
-the script has the line ``--#include functions``, so the fast path does not pay for defining
-closures it does not use.
+release, heartbeat; confirm and revoke for ``wait_replicas``) is one script, so one round
+trip. Each script starts with its fast path; the functions its slow path shares with the
+others (``lua/functions.lua``) are put in where the script has the line ``--#include
+functions``, so the fast path does not pay for defining closures it does not use.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from importlib import resources
 
 __all__ = [
     "ACQUIRE",
+    "CONFIRM",
     "EXTEND",
     "FORCE_RELEASE",
     "HEARTBEAT",
     "INSPECT",
     "RELEASE",
+    "REVOKE",
     "WATCH",
     "WITHDRAW",
     "Script",
@@ -58,3 +60,5 @@ WATCH = _load("watch")
 WITHDRAW = _load("withdraw")
 FORCE_RELEASE = _load("force_release")
 HEARTBEAT = _load("heartbeat")
+CONFIRM = _load("confirm")
+REVOKE = _load("revoke")

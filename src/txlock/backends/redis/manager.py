@@ -31,7 +31,8 @@ from typing import Any
 import redis.cluster
 from redis.exceptions import NoScriptError
 
-from txlock._errors import BackendError, ConfigurationError
+from txlock._deadline import DEADLINE_MARGIN, call_budget
+from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
 from txlock._flows import NOTHING, Request, no_io
 from txlock._manager import BaseLockManager
 from txlock._options import check_liveness, merge_options
@@ -51,10 +52,12 @@ from txlock.backends.redis._connection import (
 from txlock.backends.redis._hub import Hub, WaitState, hubs
 from txlock.backends.redis._requests import (
     Command,
+    Confirmed,
     Listing,
     ScriptCall,
     Work,
     glob_escape,
+    granted_token,
     hold_ms,
     lease_of,
     listed,
@@ -66,8 +69,11 @@ from txlock.backends.redis._url import (
     DEFAULT_LIVENESS,
     DEFAULT_PREFIX,
     DEFAULT_URL,
+    DEFAULT_WAIT_TIMEOUT,
     SCHEMES,
     check_prefix,
+    check_wait_replicas,
+    check_wait_timeout,
     client_url,
     from_options,
     parse,
@@ -144,6 +150,8 @@ class RedisLockManager(BaseLockManager):
         async_client: Any = None,
         prefix: str | None = None,
         liveness: float | None = None,
+        wait_replicas: int | None = None,
+        wait_timeout: float | None = None,
         **options: Any,
     ) -> None:
         if client is not None or async_client is not None:
@@ -168,11 +176,24 @@ class RedisLockManager(BaseLockManager):
             self._cluster = parsed.cluster
             in_url = parsed.options
             max_connections = parsed.max_connections
-        chosen = merge_options({"prefix": prefix, "liveness": liveness, **options}, in_url)
+        given = {"prefix": prefix, "liveness": liveness, "wait_replicas": wait_replicas,
+                 "wait_timeout": wait_timeout, **options}
+        chosen = merge_options(given, in_url)
         prefix, liveness = chosen.pop("prefix"), chosen.pop("liveness")
+        wait_replicas, wait_timeout = chosen.pop("wait_replicas"), chosen.pop("wait_timeout")
         super().__init__(**chosen)
         self.prefix = check_prefix(DEFAULT_PREFIX if prefix is None else prefix)
         self.liveness = DEFAULT_LIVENESS if liveness is None else check_liveness(liveness)
+        #: Replicas that must confirm a grant or renewal before it counts (0: none, today's behaviour).
+        self.wait_replicas = 0 if wait_replicas is None else check_wait_replicas(wait_replicas)
+        #: The longest a grant waits for those replicas (bounded by the call's deadline).
+        self.wait_timeout = DEFAULT_WAIT_TIMEOUT if wait_timeout is None else check_wait_timeout(wait_timeout)
+        if self.wait_replicas and self._cluster:
+            raise ConfigurationError(
+                "wait_replicas is not supported with Redis Cluster: WAIT counts the replicas of the one "
+                "node a connection talks to, and txlock cannot tie it to the node that granted a lock; "
+                "use a single primary with replicas (redis:// or redis+sentinel://) or wait_replicas=0"
+            )
         self._liveness_ms = hold_ms(self.liveness)
         self._prefix_bytes = encode(self.prefix)
         self._pattern = glob_escape(self._prefix_bytes) + b"{*}h"
@@ -184,17 +205,23 @@ class RedisLockManager(BaseLockManager):
         # connections that concurrent tasks are still using (AttributeError on
         # ``_writer.writelines``), so the thread-safe sync RedisCluster serves async callers.
         self._athread = async_client is None if client is not None else self._cluster
-        self._secret = None if parsed is None else parsed.secret
+        self._secrets: tuple[str, ...] = () if parsed is None else parsed.secrets
         self._where = self._url(redact=True) if parsed is None else parsed.where
-        self._hub_ident: tuple[Any, ...] = ("client", id(client)) if parsed is None else ("url", parsed.redis_url)
+        self._hub_ident: tuple[Any, ...] = (
+            ("client", id(client)) if parsed is None else ("url", parsed.redis_url),
+            self.wait_replicas,
+            self.wait_timeout,
+        )
 
     # ------------------------------------------------------------------ identity
 
     def _config(self) -> tuple[Any, ...]:
         if self._given is not None:
-            return ("client", id(self._given[0]), id(self._given[1]), self.prefix, self.liveness)
+            return ("client", id(self._given[0]), id(self._given[1]), self.prefix, self.liveness,
+                    self.wait_replicas, self.wait_timeout)
         assert self._parsed is not None
-        return ("url", self._parsed.redis_url, self._parsed.scheme, self.prefix, self.liveness)
+        return ("url", self._parsed.redis_url, self._parsed.scheme, self.prefix, self.liveness,
+                self.wait_replicas, self.wait_timeout)
 
     def _init_kwargs(self) -> dict[str, Any]:
         if self._given is not None:
@@ -209,7 +236,7 @@ class RedisLockManager(BaseLockManager):
             return RedisLockManager(self._url(redact=False))
         return RedisLockManager(
             client=self._given[0], async_client=self._given[1], prefix=self.prefix, liveness=self.liveness,
-            **self._common_kwargs()
+            wait_replicas=self.wait_replicas, wait_timeout=self.wait_timeout, **self._common_kwargs()
         )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> RedisLockManager:
@@ -226,6 +253,10 @@ class RedisLockManager(BaseLockManager):
             query.append(("prefix", self.prefix))
         if self.liveness != DEFAULT_LIVENESS:
             query.append(("liveness", f"{self.liveness:g}"))
+        if self.wait_replicas:
+            query.append(("wait_replicas", str(self.wait_replicas)))
+        if self.wait_timeout != DEFAULT_WAIT_TIMEOUT:
+            query.append(("wait_timeout", f"{self.wait_timeout:g}"))
         query.extend(self._common_query().items())
         return with_query(base, query)
 
@@ -254,8 +285,14 @@ class RedisLockManager(BaseLockManager):
     def _make_hub(self) -> Hub:
         if self._given is not None:
             given = self._given[0]
-            return Hub(lambda: given, self._where, self._secret, self._cluster)
-        return Hub(self._new_sync, self._where, self._secret, self._cluster)
+            return Hub(lambda: given, self._where, self._secrets, self._cluster, self.wait_replicas, self.wait_timeout)
+        return Hub(self._new_sync, self._where, self._secrets, self._cluster, self.wait_replicas, self.wait_timeout)
+
+    def _process_hold_valid_until(self, sent: float) -> float | None:
+        """A hold without ``hold_timeout`` lives ``liveness`` seconds past the later of its
+        grant (requested at ``sent``) and the last heartbeat of this process that renewed
+        every such hold (with ``wait_replicas``: that the replicas confirmed)."""
+        return max(sent, self._hub().last_beat) + self.liveness
 
     def close(self) -> None:
         """Close this manager's connections (holds stay; the next call reconnects)."""
@@ -268,10 +305,11 @@ class RedisLockManager(BaseLockManager):
     # ------------------------------------------------------------------ transport
 
     def _error(self, exc: BaseException) -> BackendError:
-        return translate(exc, self._where, self._secret)
+        return translate(exc, self._where, self._secrets)
 
     def _exec(self, work: Work) -> Any:
-        hub = work.hub_to_wait_for() if type(work) is ScriptCall else None
+        call = work.call if type(work) is Confirmed else work
+        hub = call.hub_to_wait_for() if type(call) is ScriptCall else None
         if hub is not None:
             timeout = hub.start()
             if not hub.ready.wait(timeout):
@@ -279,23 +317,45 @@ class RedisLockManager(BaseLockManager):
         with self._gate.threads:
             try:
                 client = self._clients.sync()
-                if type(work) is ScriptCall:
+                if type(work) is Confirmed:
+                    reply = _script(client, work.call)
+                    token = work.token_of(reply)
+                    if token is None:
+                        return reply
+                    seconds = _wait_seconds(work.timeout)
+                    pipe = client.pipeline(transaction=False)
+                    pipe.execute_command(*work.confirm(token).eval())
+                    pipe.execute_command("WAIT", work.replicas, _ms(seconds))
+                    held, acked = pipe.execute()
+                    if held and int(acked) >= work.replicas:
+                        return reply
+                    undone: bool | BackendError | None = None
+                    if work.revoke is not None:
+                        try:
+                            undone = bool(_script(client, work.withdraw(token)))
+                        except DRIVER_ERRORS as exc:
+                            undone = self._error(exc)
+                    unconfirmed = (int(held), int(acked), seconds, undone)
+                elif type(work) is ScriptCall:
                     try:
                         return client.execute_command(*work.evalsha())
                     except NoScriptError:
                         return client.execute_command(*work.eval())
-                if type(work) is Command:
+                elif type(work) is Command:
                     return client.execute_command(work.name, *work.args)
-                assert type(work) is Listing
-                names = sorted(set(client.scan_iter(match=work.pattern, count=1000)))
-                pipe = client.pipeline(transaction=False)
-                queue_listing(pipe, names)
-                return names, (pipe.execute() if names else [])
+                else:
+                    assert type(work) is Listing
+                    names = sorted(set(client.scan_iter(match=work.pattern, count=1000)))
+                    pipe = client.pipeline(transaction=False)
+                    queue_listing(pipe, names)
+                    return names, (pipe.execute() if names else [])
             except DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
+        raise self._unconfirmed(work, *unconfirmed)
 
     async def _aexec(self, work: Work) -> Any:
-        hub = work.hub_to_wait_for() if type(work) is ScriptCall else None
+        call = work.call if type(work) is Confirmed else work
+        hub = call.hub_to_wait_for() if type(call) is ScriptCall else None
         if hub is not None:
             timeout = hub.start()
             if not await hub.until_ready(timeout):
@@ -305,20 +365,60 @@ class RedisLockManager(BaseLockManager):
         async with self._gate.tasks():
             try:
                 client = await self._clients.of_this_loop()
-                if type(work) is ScriptCall:
+                if type(work) is Confirmed:
+                    reply = await _ascript(client, work.call)
+                    token = work.token_of(reply)
+                    if token is None:
+                        return reply
+                    seconds = _wait_seconds(work.timeout)
+                    pipe = client.pipeline(transaction=False)
+                    pipe.execute_command(*work.confirm(token).eval())
+                    pipe.execute_command("WAIT", work.replicas, _ms(seconds))
+                    held, acked = await within_budget(pipe.execute())
+                    if held and int(acked) >= work.replicas:
+                        return reply
+                    undone: bool | BackendError | None = None
+                    if work.revoke is not None:
+                        try:
+                            undone = bool(await _ascript(client, work.withdraw(token)))
+                        except DRIVER_ERRORS as exc:
+                            undone = self._error(exc)
+                    unconfirmed = (int(held), int(acked), seconds, undone)
+                elif type(work) is ScriptCall:
                     try:
                         return await within_budget(client.execute_command(*work.evalsha()))
                     except NoScriptError:
                         return await within_budget(client.execute_command(*work.eval()))
-                if type(work) is Command:
+                elif type(work) is Command:
                     return await within_budget(client.execute_command(work.name, *work.args))
-                assert type(work) is Listing
-                names = sorted({name async for name in client.scan_iter(match=work.pattern, count=1000)})
-                pipe = client.pipeline(transaction=False)
-                queue_listing(pipe, names)
-                return names, (await pipe.execute() if names else [])
+                else:
+                    assert type(work) is Listing
+                    names = sorted({name async for name in client.scan_iter(match=work.pattern, count=1000)})
+                    pipe = client.pipeline(transaction=False)
+                    queue_listing(pipe, names)
+                    return names, (await pipe.execute() if names else [])
             except DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
+        raise self._unconfirmed(work, *unconfirmed)
+
+    def _unconfirmed(
+        self, work: Confirmed, held: int, acked: int, seconds: float, undone: bool | BackendError | None
+    ) -> BackendUnavailable:
+        """The error of a grant or renewal that fewer than ``wait_replicas`` replicas confirmed."""
+        if not held:
+            return BackendUnavailable(
+                f"{work.what} on Redis at {self._where} ended before its replicas could confirm it "
+                f"(wait_replicas={work.replicas})"
+            )
+        news = (f"{acked} of {work.replicas} replica(s) confirmed {work.what} on Redis at {self._where} "
+                f"within {seconds:g}s")
+        if work.revoke is None:
+            outcome = "the renewal stands on the primary only and counts as failed"
+        elif isinstance(undone, BackendError):
+            outcome = f"withdrawing the grant failed ({undone}): it ends with its lease"
+        else:
+            outcome = "the grant was withdrawn"
+        return BackendUnavailable(f"{news}; {outcome}. Check replication (INFO replication) or lower wait_replicas")
 
     # ------------------------------------------------------------------ primitives
 
@@ -349,7 +449,7 @@ class RedisLockManager(BaseLockManager):
         keys = self._keys(key)
         args = [encode(holder), hold_ms(ttl), self._liveness_ms, encode(key)]
         if waiter is None:
-            work = ScriptCall(_scripts.ACQUIRE, keys, args)
+            work = self._confirmed(ScriptCall(_scripts.ACQUIRE, keys, args), key, encode(holder), grant=True)
             return work, lambda reply: self._read_acquire(key, holder, ttl, keys[0], reply)
         state = waiter.data  # read before the lease: the listener sets the lease, then clears this
         if waiter.lease is not None:  # a release handed us the lock and told us so
@@ -362,7 +462,16 @@ class RedisLockManager(BaseLockManager):
                 state.hub.forget(waiter, state)
             return self._read_acquire(key, holder, ttl, keys[0], reply)
 
-        return ScriptCall(_scripts.ACQUIRE, keys, args, state), read
+        return self._confirmed(ScriptCall(_scripts.ACQUIRE, keys, args, state), key, encode(holder), grant=True), read
+
+    def _confirmed(self, call: ScriptCall, key: str, holder: bytes, *, grant: bool) -> Work:
+        """``call`` as is, or, with ``wait_replicas``, followed by the replicas' confirmation of
+        what it granted (``grant``) or renewed."""
+        if not self.wait_replicas:
+            return call
+        revoke = (self._liveness_ms, encode(key)) if grant else None
+        what = f"the {'grant' if grant else 'renewal'} of {key!r}"
+        return Confirmed(call, granted_token, holder, self.wait_replicas, self.wait_timeout, revoke, what)
 
     def _release(self, key: str, holder: str) -> Request[str | None]:
         keys = self._keys(key)
@@ -377,7 +486,8 @@ class RedisLockManager(BaseLockManager):
 
     def _extend(self, key: str, holder: str, token: int, ttl: float | None) -> Request[Lease | None]:
         keys = self._keys(key)
-        work = ScriptCall(_scripts.EXTEND, keys, [encode(holder), str(token), hold_ms(ttl), self._liveness_ms])
+        call = ScriptCall(_scripts.EXTEND, keys, [encode(holder), str(token), hold_ms(ttl), self._liveness_ms])
+        work = self._confirmed(call, key, encode(holder), grant=False)
 
         def read(reply: Any) -> Lease | None:
             if reply is None:
@@ -418,7 +528,9 @@ class RedisLockManager(BaseLockManager):
             return NOTHING
         state.hub.forget(waiter, state)
         waiter_id = state.waiter_id if state.holder is not None else ""
-        work = ScriptCall(_scripts.WITHDRAW, self._keys(key), [waiter_id, state.entry, self._liveness_ms, encode(key)])
+        call = ScriptCall(_scripts.WITHDRAW, self._keys(key), [waiter_id, state.entry, self._liveness_ms, encode(key)])
+        # A lock handed to this waiter as it gave up is a grant too: confirm it with the replicas.
+        work = call if state.holder is None else self._confirmed(call, key, encode(state.holder), grant=True)
 
         def read(reply: Any) -> Lease | None:
             if reply is None or state.holder is None:
@@ -431,3 +543,31 @@ class RedisLockManager(BaseLockManager):
 
 def _decoded(reply: bytes | None) -> str | None:
     return None if reply is None else decode(reply)
+
+
+def _script(client: Any, call: ScriptCall) -> Any:
+    """Run ``call`` on a sync client (EVALSHA, EVAL when the server lacks the script)."""
+    try:
+        return client.execute_command(*call.evalsha())
+    except NoScriptError:
+        return client.execute_command(*call.eval())
+
+
+async def _ascript(client: Any, call: ScriptCall) -> Any:
+    """Run ``call`` on an asyncio client, bounded by the call's deadline."""
+    try:
+        return await within_budget(client.execute_command(*call.evalsha()))
+    except NoScriptError:
+        return await within_budget(client.execute_command(*call.eval()))
+
+
+def _wait_seconds(timeout: float) -> float:
+    """How long a WAIT may block: ``wait_timeout``, and no longer than the call's deadline
+    (whose socket reads end ``DEADLINE_MARGIN`` after it)."""
+    budget = call_budget()
+    return timeout if budget is None else min(timeout, max(budget - DEADLINE_MARGIN, 0.001))
+
+
+def _ms(seconds: float) -> int:
+    """WAIT's timeout in milliseconds: at least 1 (``WAIT n 0`` would block forever)."""
+    return max(1, round(seconds * 1000))
