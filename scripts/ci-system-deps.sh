@@ -26,3 +26,10 @@ apt_install redis-server redis-server
 # `txlock top`: tests/test_top.py drives the live view in a real terminal (a detached tmux
 # session on a private socket, read with capture-pane).
 apt_install tmux tmux
+
+# Fault lab, partition scenario (tests/lab/test_partition.py, tests/lab/netns.py): nft rules
+# inside network namespaces the test creates cut a holder off from its private server.
+apt_install nft nftables
+
+# Fault lab, clock jumps (tests/lab/test_clock.py): libfaketime steps one worker's wall clock.
+apt_install faketime faketime

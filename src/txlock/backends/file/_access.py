@@ -217,7 +217,7 @@ def ring_and_write(state: DirectoryState, fd: int, record: Record, now: float) -
     if record.bells and not record.in_grace(now):
         while record.bells:
             life, _since, seen, quiet = record.bells[0]
-            if now - seen >= RESERVATION_STALE:
+            if abs(now - seen) >= RESERVATION_STALE:  # (also from a clock far ahead)
                 del record.bells[0]
                 continue
             if life != own and now >= quiet:

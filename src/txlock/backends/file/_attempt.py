@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from txlock._hostclock import host_now
 from txlock._types import Busy, Lease
 from txlock._validate import decode, encode
 from txlock.backends.file._access import lease, load, lock_record
@@ -71,7 +72,7 @@ def _grant_again(
     entry: Registration | None,
 ) -> Lease:
     """The same holder again: granted at once, token kept, expiry per this call."""
-    record.bind(ttl, now, state.lives.own_id() if ttl is None else NO_LIFE)
+    record.bind(ttl, now, state.lives.own_id() if ttl is None else NO_LIFE, None if ttl is None else host_now())
     if entry is not None:
         served(state, name, record, entry)
     write_all(fd, encode_record(record))
@@ -99,7 +100,8 @@ def _take_free(
         return _wait_for_reserver(state, fd, record, dirty, now, entry)
     dead = record.life if record.held else NO_LIFE
     record.grant(
-        holder_bytes, ttl, now, state.lives.own_id() if ttl is None else NO_LIFE, record.counter + 1, process_id()
+        holder_bytes, ttl, now, state.lives.own_id() if ttl is None else NO_LIFE, record.counter + 1, process_id(),
+        None if ttl is None else host_now(),
     )
     if not reserved:
         record.unreserve()  # none, ours, or void
@@ -132,7 +134,7 @@ def _wait_for_holder(
         if write:
             write_all(fd, encode_record(record))
     if record.expires_at:
-        retry = min(retry, max(record.expires_at - now, _SHORTEST_RETRY))
+        retry = min(retry, max(record.ends_in(now, host_now()), _SHORTEST_RETRY))
     return Busy(decode(record.holder), max(retry, _SHORTEST_RETRY)), (None if record.expires_at else record.life)
 
 
@@ -154,7 +156,7 @@ def _note_waiter(
     own = state.lives.own_id()
     write = record.add_bell(own, entry.since, now, quiet)
     if record.reservation == entry.ident:
-        if now - record.reservation_seen > RESERVATION_STALE / 4:
+        if abs(now - record.reservation_seen) > RESERVATION_STALE / 4:
             record.reservation_seen, write = now, True
     elif now - entry.since >= RESERVE_AFTER and (
         entry.since < record.reservation_since or not state.reserved(record, now)

@@ -21,6 +21,7 @@ import time
 
 from txlock import _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
+from txlock._hostclock import BOOT_ID, host_now
 from txlock._liveness import BYTES_128, LifeFiles
 from txlock._per_process import PerProcess
 from txlock.backends.file import _descriptors
@@ -72,10 +73,13 @@ class DirectoryState:
     # ------------------------------------------------------------ holds
 
     def live(self, record: Record, now: float) -> bool:
-        """Whether the hold in ``record`` is in force: not expired, and its process alive."""
+        """Whether the hold in ``record`` is in force: not expired, and its process alive.
+        ``now`` is the wall clock, for records without a host-clock expiry of this boot."""
         if not record.held:
             return False
         if record.expires_at:
+            if record.boot == BOOT_ID:
+                return host_now() < record.host_expires
             return now < record.expires_at
         return self.lives.alive(record.life)
 
@@ -83,7 +87,8 @@ class DirectoryState:
         """Whether ``record`` carries a reservation still in force."""
         return (
             record.reservation != NO_RESERVATION
-            and now - record.reservation_seen < RESERVATION_STALE
+            # (seen "in the future": a wall clock ahead of ours, or stepped back; void too)
+            and abs(now - record.reservation_seen) < RESERVATION_STALE
             and self.lives.alive(record.reservation_life)
         )
 

@@ -5,6 +5,12 @@ process holding the file's exclusive ``flock``. Two CRC-32 checks (one on the to
 counter, one binding the counter to the body) let a reader that races a writer, or finds
 the leftovers of a writer killed mid-write, see a torn record as such: the counter usually
 survives a torn body, so fencing tokens never go back.
+
+A timed hold also carries its expiry on the host clock (:mod:`txlock._hostclock`) and the boot
+it belongs to, in a *trailer* after the body that the body's length does not count: readers
+that predate it skip it, its own CRC-32 binds it to the body it was written with (a trailer
+left behind by a longer record, or by a writer that does not know it, never passes), and a
+record without a valid trailer is judged on its wall-clock expiry, as before.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import re
 import struct
 import zlib
 
+from txlock._hostclock import BOOT_ID
 from txlock._validate import encode
 
 __all__ = [
     "GRACE",
     "MAX_BELLS",
     "NAME_PATTERN",
+    "NO_BOOT",
     "NO_LIFE",
     "NO_RESERVATION",
     "RESERVATION_STALE",
@@ -56,6 +64,11 @@ _BELL = struct.Struct("<16sddd")
 Bell = tuple[bytes, float, float, float]
 _HEAD_AND_BODY = struct.Struct("<QIIII" + _BODY.format[1:])  # head and body in one unpack
 _MAGIC = 0x324C5854  # b"TXL2"
+# The host-clock trailer: magic, boot id, host-clock expiry, crc32(body crc + these fields).
+_TRAILER = struct.Struct("<I16sdI")
+_TRAILER_MAGIC = 0x48434C54  # b"TLCH"
+#: The boot of a record without a host-clock expiry.
+NO_BOOT = b""
 # The ``tokens`` file: the highest counter of every record file ever removed, and its CRC-32.
 _HIGH_WATER = struct.Struct("<QI")
 #: The life id of no process (a timed hold, or no reservation's waiter).
@@ -71,10 +84,12 @@ class Record:
     __slots__ = (
         "acquired_at",
         "bells",
+        "boot",
         "counter",
         "expires_at",
         "held",
         "holder",
+        "host_expires",
         "key",
         "life",
         "pid",
@@ -93,6 +108,8 @@ class Record:
         self.holder = b""
         self.acquired_at = 0.0
         self.expires_at = 0.0  # wall clock; 0 = bound to the life of its process
+        self.host_expires = 0.0  # the same end on the host clock of boot ``boot``
+        self.boot = NO_BOOT  # NO_BOOT: judged on the wall clock
         self.ttl = 0.0
         self.pid = 0  # for people only: never a proof of life
         self.life = NO_LIFE
@@ -103,25 +120,41 @@ class Record:
         self.reservation_life = NO_LIFE  # its process
         self.bells: list[Bell] = []  # oldest first
 
-    def grant(self, holder: bytes, ttl: float | None, now: float, life: bytes, token: int, pid: int) -> None:
+    def grant(
+        self, holder: bytes, ttl: float | None, now: float, life: bytes, token: int, pid: int,
+        host: float | None = None,
+    ) -> None:
         self.held = True
         self.holder = holder
         self.counter = token
         self.acquired_at = now
         self.pid = pid
-        self.bind(ttl, now, life)
+        self.bind(ttl, now, life, host)
 
-    def bind(self, ttl: float | None, now: float, life: bytes) -> None:
-        """Set the hold's end: ``ttl`` seconds from now, or the life of process ``life``."""
+    def bind(self, ttl: float | None, now: float, life: bytes, host: float | None = None) -> None:
+        """Set the hold's end: ``ttl`` seconds from now (``now`` on the wall clock, ``host``
+        on the host clock; without it, or without a host clock, the end is judged on the
+        wall clock alone), or the life of process ``life``."""
+        self.host_expires, self.boot = 0.0, NO_BOOT
         if ttl is None:
             self.expires_at, self.ttl, self.life = 0.0, 0.0, life
         else:
             self.expires_at, self.ttl, self.life = now + ttl, ttl, NO_LIFE
+            if host is not None and BOOT_ID is not None:
+                self.host_expires, self.boot = host + ttl, BOOT_ID
+
+    def ends_in(self, now: float, host: float) -> float:
+        """Seconds until a timed hold ends (``now``: the wall clock, ``host``: the host clock),
+        on the host clock when the record was written in this boot."""
+        if self.boot == BOOT_ID:
+            return self.host_expires - host
+        return self.expires_at - now
 
     def free(self) -> None:
         self.held = False
         self.holder = b""
-        self.acquired_at = self.expires_at = self.ttl = 0.0
+        self.acquired_at = self.expires_at = self.ttl = self.host_expires = 0.0
+        self.boot = NO_BOOT
         self.pid = 0
         self.life = NO_LIFE
 
@@ -141,12 +174,12 @@ class Record:
         bells = self.bells
         for index, (other, since_before, seen, quiet_before) in enumerate(bells):
             if other == life:
-                if since < since_before or now - seen > RESERVATION_STALE / 4 or quiet != quiet_before:
+                if since < since_before or abs(now - seen) > RESERVATION_STALE / 4 or quiet != quiet_before:
                     bells[index] = (life, min(since, since_before), now, quiet)
                     bells.sort(key=_since)
                     return True
                 return False
-        kept = [bell for bell in bells if now - bell[2] < RESERVATION_STALE]
+        kept = [bell for bell in bells if abs(now - bell[2]) < RESERVATION_STALE]
         kept.append((life, since, now, quiet))
         kept.sort(key=_since)
         del kept[MAX_BELLS:]
@@ -163,8 +196,11 @@ class Record:
 
     def in_grace(self, now: float) -> bool:
         """Whether a reservation stands but is younger than ``GRACE`` (the holder's process
-        may still re-acquire; the reserver sleeps until the grace ends)."""
-        return self.reservation != NO_RESERVATION and now < self.reservation_made + GRACE
+        may still re-acquire; the reserver sleeps until the grace ends). A reservation made
+        "in the future" (by a process whose wall clock runs ahead, or before the clock was
+        stepped back) is not in grace: a grace must never last longer than ``GRACE``."""
+        made = self.reservation_made
+        return self.reservation != NO_RESERVATION and made - GRACE <= now < made + GRACE
 
 
 _new_record = object.__new__
@@ -197,7 +233,12 @@ def encode_record(record: Record) -> bytes:
         + record.holder
     )
     counter_crc = zlib.crc32(record.counter.to_bytes(8, "little"))
-    return HEAD.pack(record.counter, counter_crc, _MAGIC, len(body), zlib.crc32(body, counter_crc)) + body
+    body_crc = zlib.crc32(body, counter_crc)
+    head = HEAD.pack(record.counter, counter_crc, _MAGIC, len(body), body_crc)
+    if not (record.expires_at and record.boot):
+        return head + body
+    fields = _TRAILER.pack(_TRAILER_MAGIC, record.boot, record.host_expires, 0)[:-4]
+    return head + body + fields + zlib.crc32(fields, body_crc).to_bytes(4, "little")
 
 
 def decode_record(data: bytes) -> tuple[Record | None, int | None]:
@@ -233,6 +274,11 @@ def decode_record(data: bytes) -> tuple[Record | None, int | None]:
     record.reservation_seen, record.reservation_made, record.reservation_life = (
         reservation_seen, reservation_made, reservation_life
     )
+    record.host_expires, record.boot = 0.0, NO_BOOT
+    if expires and len(data) >= end + _TRAILER.size:
+        magic, boot, host_expires, crc = _TRAILER.unpack_from(data, end)
+        if magic == _TRAILER_MAGIC and zlib.crc32(data[end : end + _TRAILER.size - 4], body_crc) == crc:
+            record.host_expires, record.boot = host_expires, boot
     return record, counter
 
 
@@ -245,8 +291,9 @@ def decode_counter(data: bytes) -> int | None:
 
 
 def record_length(head: bytes) -> int:
-    """The length of the record whose first bytes are ``head`` (as its head says)."""
-    return HEAD.size + int.from_bytes(head[16:20], "little")
+    """The length of the record whose first bytes are ``head`` (as its head says), with the
+    room of a host-clock trailer (which may or may not follow)."""
+    return HEAD.size + int.from_bytes(head[16:20], "little") + _TRAILER.size
 
 
 HIGH_WATER_SIZE = _HIGH_WATER.size

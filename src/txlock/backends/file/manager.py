@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 from txlock._errors import BackendError, ConfigurationError
 from txlock._flows import Request
+from txlock._hostclock import host_now
 from txlock._manager import BaseLockManager
 from txlock._options import common_options, local_path, parse_bool
 from txlock._types import Busy, Capabilities, Lease, LockInfo
@@ -86,8 +87,10 @@ class FileSystemLockManager(BaseLockManager):
       wakes the waiters, so a dead process's holds are taken over within milliseconds (the
       safety net is a re-check every 0.25 s). A child made with ``fork`` cannot end or keep
       alive its parent's holds. ``hold_timeout=T``: the hold ends T seconds after the grant
-      on the wall clock (``time.time()``), whatever happens to its process; a step of the
-      system clock moves that end with it.
+      on the host clock (:mod:`txlock._hostclock`: boot time, the same for every process of
+      the host whatever its wall clock or time namespace), whatever happens to its process.
+      A record of another boot or of an older txlock, and every record outside Linux, is
+      judged on its wall-clock expiry (which a step of the system clock moves).
     * Fencing tokens strictly increase per key, across processes and restarts (the counter
       lives in the record; removing a free record raises the directory's high-water mark
       first). Deleting the directory restarts them.
@@ -249,7 +252,8 @@ class FileSystemLockManager(BaseLockManager):
             state, record, now = locked.state, locked.record, time.time()
             if not (state.live(record, now) and record.holder == encode(holder) and record.counter == token):
                 return None
-            record.bind(ttl, now, state.lives.own_id() if ttl is None else NO_LIFE)
+            host = None if ttl is None else host_now()
+            record.bind(ttl, now, state.lives.own_id() if ttl is None else NO_LIFE, host)
             locked.write()
         state.hold_bound(locked.name, ttl)
         return lease(key, holder, record)
@@ -311,7 +315,7 @@ class FileSystemLockManager(BaseLockManager):
                 return None
             retry = wakeups.longest_sleep(entry)
             if record.expires_at:
-                retry = min(retry, max(record.expires_at - time.time(), 0.0005))
+                retry = min(retry, max(record.ends_in(time.time(), host_now()), 0.0005))
             busy = Busy(decode(record.holder), retry)
             channel = life_channel(record.life)
             if waiter is None or entry is None or record.expires_at or channel in entry.channels:

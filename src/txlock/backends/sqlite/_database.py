@@ -349,9 +349,10 @@ class Database:
         except OSError as exc:  # waiters elsewhere fall back to their safety net
             log.debug("could not signal a release on %s: %s", self.sidecar, exc)
 
-    def retry_after(self, waiter: Waiter | None, expires_at: float | None, now: float) -> float:
-        """How long a waiter sleeps before it looks again, if no signal wakes it first."""
-        left = math.inf if expires_at is None else max(0.0, expires_at - now) + 0.0005
+    def retry_after(self, waiter: Waiter | None, left: float | None) -> float:
+        """How long a waiter sleeps before it looks again, if no signal wakes it first
+        (``left``: the seconds the hold lasts still; ``None``: until released or its process dies)."""
+        left = math.inf if left is None else max(0.0, left) + 0.0005
         if waiter is None or waiter.data is None:
             return min(left, POLL_FIRST)
         if self.watched:

@@ -7,6 +7,9 @@ then the request's arguments. Every write is ONE statement in autocommit mode: S
 lone write statement as its own transaction that takes the write lock before reading, exactly
 like ``BEGIN IMMEDIATE``, so the busy handler applies and no transaction is ever held open
 while a caller waits.
+
+``now`` is the wall clock the caller read; the host clock (:mod:`txlock._hostclock`) is read
+here, under the connection's mutex, right before the statement that judges or sets expiries.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from txlock._hostclock import host_now
 from txlock.backends.sqlite._schema import (
     ACQUIRE,
     EXTEND,
@@ -50,12 +54,13 @@ def owns(connection: Connection, handle: sqlite3.Connection, owner: int) -> bool
 def acquire(
     connection: Connection, handle: sqlite3.Connection, key: bytes, holder: bytes, ttl: float | None, now: float
 ) -> int | tuple[bytes, float | None] | None:
-    """The granted token; else the current hold ``(holder, expires_at)`` (``None``: it just ended)."""
+    """The granted token; else the current hold ``(holder, seconds left)`` (``None``: it just ended)."""
     this_owner = connection.database.owner
     owner = this_owner if ttl is None else None
-    if handle.execute(ACQUIRE, bind(ACQUIRE, key, holder, owner, now, ttl, this_owner)).rowcount:
+    host = host_now()
+    if handle.execute(ACQUIRE, bind(ACQUIRE, key, holder, owner, now, ttl, this_owner, host=host)).rowcount:
         return connection.noted
-    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, this_owner)).fetchone()
+    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, this_owner, host=host)).fetchone()
     return None if row is None else (bytes(row[0]), row[1])
 
 
@@ -69,13 +74,13 @@ def release(
         if database.releases % SWEEP_EVERY == 0:
             sweep(connection, handle, now)
         return None
-    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, database.owner)).fetchone()
+    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, database.owner, host=host_now())).fetchone()
     return None if row is None else bytes(row[0])
 
 
 def sweep(connection: Connection, handle: sqlite3.Connection, now: float) -> None:
     """Delete free, expired and dead rows (the trigger keeps their tokens in ``token_floor``)."""
-    handle.execute(SWEEP, bind(SWEEP, b"", None, None, now, None, connection.database.owner))
+    handle.execute(SWEEP, bind(SWEEP, b"", None, None, now, None, connection.database.owner, host=host_now()))
 
 
 def extend(
@@ -85,20 +90,23 @@ def extend(
     """Whether the grant ``token`` still held ``key`` (and now ends as ``ttl`` says)."""
     this_owner = connection.database.owner
     owner = this_owner if ttl is None else None
-    return bool(handle.execute(EXTEND, bind(EXTEND, key, holder, owner, now, ttl, this_owner, token)).rowcount)
+    params = bind(EXTEND, key, holder, owner, now, ttl, this_owner, token, host_now())
+    return bool(handle.execute(EXTEND, params).rowcount)
 
 
 def hold(
     connection: Connection, handle: sqlite3.Connection, key: bytes, now: float
 ) -> tuple[bytes, float | None] | None:
-    """The live hold on ``key``: ``(holder, expires_at)``, or ``None``."""
-    row = handle.execute(HOLD, bind(HOLD, key, None, None, now, None, connection.database.owner)).fetchone()
+    """The live hold on ``key``: ``(holder, seconds left)`` (``None`` left: process-bound), or ``None``."""
+    params = bind(HOLD, key, None, None, now, None, connection.database.owner, host=host_now())
+    row = handle.execute(HOLD, params).fetchone()
     return None if row is None else (bytes(row[0]), row[1])
 
 
 def inspect(connection: Connection, handle: sqlite3.Connection, key: bytes, now: float) -> tuple[Any, ...] | None:
     """The live hold on ``key``: ``(holder, token, acquired_at, expires_at)``, or ``None``."""
-    row = handle.execute(INSPECT, bind(INSPECT, key, None, None, now, None, connection.database.owner)).fetchone()
+    params = bind(INSPECT, key, None, None, now, None, connection.database.owner, host=host_now())
+    row = handle.execute(INSPECT, params).fetchone()
     return None if row is None else tuple(row)
 
 
@@ -107,10 +115,11 @@ def list_holds(
 ) -> list[tuple[Any, ...]]:
     """Every live hold whose key starts with ``prefix``, by key: ``(key, holder, token, ...)``."""
     low, high = prefix_range(prefix)
-    return handle.execute(LIST, bind(LIST, low, high, None, now, None, connection.database.owner)).fetchall()
+    params = bind(LIST, low, high, None, now, None, connection.database.owner, host=host_now())
+    return handle.execute(LIST, params).fetchall()
 
 
 def force_release(connection: Connection, handle: sqlite3.Connection, key: bytes, now: float) -> bool:
     """Free ``key`` whoever holds it; whether it was held."""
-    params = bind(FORCE_RELEASE, key, None, None, now, None, connection.database.owner)
+    params = bind(FORCE_RELEASE, key, None, None, now, None, connection.database.owner, host=host_now())
     return bool(handle.execute(FORCE_RELEASE, params).rowcount)

@@ -7,6 +7,13 @@ row (``holder = NULL``) so the next grant of the key takes ``token + 1``; free r
 now and then, and a trigger first raises ``token_floor`` (in ``txlock_meta``) to the token of
 every deleted row, so a brand-new row starts at ``token_floor + 1`` and tokens never regress.
 See ``docs/sqlite.md``.
+
+Schema versions (``PRAGMA user_version``): a new file is created at version 1 and brought up
+to :data:`SCHEMA_VERSION` by the steps of ``_UPGRADES``, exactly like an older file, in one
+``BEGIN IMMEDIATE`` transaction. Version 2 adds the host-clock expiry of timed holds
+(:mod:`txlock._hostclock`): ``host_expires_at`` and the ``boot`` it belongs to. A row of
+another boot, or written by a txlock that predates them, is judged on its wall-clock
+``expires_at``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import time
 from typing import Any
 
 from txlock._errors import BackendError, ConfigurationError
+from txlock._hostclock import BOOT_ID
 
 __all__ = [
     "ACQUIRE",
@@ -40,7 +48,7 @@ __all__ = [
 ]
 
 #: The layout of the tables this version reads and writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a txlock database: the bytes ``txLK``.
 APPLICATION_ID = 0x74784C4B
 
@@ -63,19 +71,44 @@ _SCHEMA = (
         UPDATE txlock_meta SET value = max(value, old.token) WHERE name = 'token_floor';
     END""",
     f"PRAGMA application_id = {APPLICATION_ID}",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
+    "PRAGMA user_version = 1",
 )
 
-# Parameters, by number: ?1 key, ?2 holder, ?3 owner (NULL for a timed hold), ?4 now,
-# ?5 expires_at, ?6 ttl, ?7 this process's owner id (0 if none), ?8 token.
+#: The statements that bring a database from version N (the key) to N + 1.
+_UPGRADES = {
+    1: (
+        "ALTER TABLE txlock_locks ADD COLUMN host_expires_at REAL",  # on the host clock (txlock._hostclock)
+        "ALTER TABLE txlock_locks ADD COLUMN boot BLOB",  # the boot of host_expires_at; NULL: use expires_at
+        # A writer that predates version 2 (a process that opened the file before the
+        # upgrade) sets expires_at and leaves the host-clock columns as they were: void them,
+        # so its hold is judged on the wall clock it wrote. Writers of version 2 always set
+        # a new host_expires_at with expires_at.
+        """CREATE TRIGGER txlock_void_host_clock AFTER UPDATE OF expires_at ON txlock_locks
+        WHEN new.boot IS NOT NULL AND new.host_expires_at IS old.host_expires_at BEGIN
+            UPDATE txlock_locks SET boot = NULL WHERE key = new.key;
+        END""",
+        "PRAGMA user_version = 2",
+    ),
+}
+
+# Parameters, by number: ?1 key, ?2 holder, ?3 owner (NULL for a timed hold), ?4 now (wall
+# clock), ?5 expires_at, ?6 ttl, ?7 this process's owner id (0 if none), ?8 token, ?9 now on
+# the host clock, ?10 this boot's id (NULL: no host clock), ?11 host_expires_at, ?12 the boot
+# of a timed hold (NULL for a process-bound one).
+# How long a timed row's hold lasts still: on the host clock when the row was written in this
+# boot, else on the wall clock.
+_LEFT = "(CASE WHEN boot = ?10 THEN host_expires_at - ?9 ELSE expires_at - ?4 END)"
 # Whether a row's hold is alive, without NULLs (three-valued logic would turn NOT into NULL).
-_LIVE = "(CASE WHEN expires_at IS NULL THEN (owner = ?7 OR txlock_alive(owner)) ELSE expires_at > ?4 END)"
-_SAME = "(holder = excluded.holder AND coalesce(expires_at > ?4, 1))"
+_LIVE = (
+    "(CASE WHEN expires_at IS NULL THEN (owner = ?7 OR txlock_alive(owner)) "
+    "WHEN boot = ?10 THEN host_expires_at > ?9 ELSE expires_at > ?4 END)"
+)
+_SAME = "(holder = excluded.holder AND (expires_at IS NULL OR $LEFT > 0))"
 
 
 def _expand(template: str) -> str:
-    """Expand the constant fragments ``$LIVE`` and ``$SAME`` (never any input) in a statement."""
-    return template.replace("$LIVE", _LIVE).replace("$SAME", _SAME)
+    """Expand the constant fragments ``$LIVE``, ``$SAME`` and ``$LEFT`` (never any input)."""
+    return template.replace("$LIVE", _LIVE).replace("$SAME", _SAME).replace("$LEFT", _LEFT)
 
 
 # The granted token is reported through ``txlock_note()`` (a Python callback that records its
@@ -83,18 +116,20 @@ def _expand(template: str) -> str:
 # (measured: 5 us of a 25 us acquire). VALUES is evaluated first, then the DO UPDATE SET, so
 # when the statement changed a row (rowcount 1) the last noted value is the row's token.
 ACQUIRE = _expand("""
-INSERT INTO txlock_locks (key, holder, token, owner, acquired_at, expires_at, ttl)
-VALUES (?1, ?2, txlock_note((SELECT value FROM txlock_meta WHERE name = 'token_floor') + 1), ?3, ?4, ?5, ?6)
+INSERT INTO txlock_locks (key, holder, token, owner, acquired_at, expires_at, ttl, host_expires_at, boot)
+VALUES (?1, ?2, txlock_note((SELECT value FROM txlock_meta WHERE name = 'token_floor') + 1), ?3, ?4, ?5, ?6, ?11, ?12)
 ON CONFLICT (key) DO UPDATE SET
     token = txlock_note(CASE WHEN $SAME THEN token ELSE token + 1 END),
     acquired_at = CASE WHEN $SAME THEN acquired_at ELSE ?4 END,
-    holder = excluded.holder, owner = excluded.owner, expires_at = excluded.expires_at, ttl = excluded.ttl
+    holder = excluded.holder, owner = excluded.owner, expires_at = excluded.expires_at, ttl = excluded.ttl,
+    host_expires_at = excluded.host_expires_at, boot = excluded.boot
 WHERE holder IS NULL OR holder = excluded.holder OR NOT $LIVE
 """)
-HOLD = _expand("SELECT holder, expires_at FROM txlock_locks WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
+# The hold and how long it lasts still (NULL: bound to its process).
+HOLD = _expand("SELECT holder, $LEFT FROM txlock_locks WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
 RELEASE = "UPDATE txlock_locks SET holder = NULL WHERE key = ?1 AND holder = ?2"
 EXTEND = _expand("""
-UPDATE txlock_locks SET owner = ?3, expires_at = ?5, ttl = ?6
+UPDATE txlock_locks SET owner = ?3, expires_at = ?5, ttl = ?6, host_expires_at = ?11, boot = ?12
 WHERE key = ?1 AND holder = ?2 AND token = ?8 AND $LIVE
 """)
 FORCE_RELEASE = _expand("UPDATE txlock_locks SET holder = NULL WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
@@ -111,14 +146,21 @@ OWNED = "SELECT 1 FROM txlock_locks WHERE owner = ?1 AND holder IS NOT NULL LIMI
 
 def bind(
     statement: str, key: bytes, holder: bytes | None, owner: int | None, now: float, ttl: float | None,
-    this_owner: int, token: int = 0,
+    this_owner: int, token: int = 0, host: float = 0.0,
 ) -> tuple[Any, ...]:
     """The parameters of ``statement``, exactly as many as it uses (SQLite insists).
 
     ``owner`` is the owner id to bind the hold to (``None``: a timed hold), ``this_owner``
-    the owner id of this process (0 if it has none yet)."""
-    values = (key, holder, owner, now, None if ttl is None else now + ttl, ttl, this_owner, token)
-    return values[: _PARAMETER_COUNTS[statement]]
+    the owner id of this process (0 if it has none yet); ``now`` and ``host`` are the same
+    instant on the wall and the host clock."""
+    count = _PARAMETER_COUNTS[statement]
+    if count <= 8:
+        return (key, holder, owner, now, None if ttl is None else now + ttl, ttl, this_owner, token)[:count]
+    untimed = ttl is None or BOOT_ID is None
+    return (
+        key, holder, owner, now, None if ttl is None else now + ttl, ttl, this_owner, token, host, BOOT_ID,
+        None if ttl is None or BOOT_ID is None else host + ttl, None if untimed else BOOT_ID,
+    )[:count]
 
 
 _PARAMETER_COUNTS = {
@@ -208,6 +250,7 @@ def prepare(handle: sqlite3.Connection, path: str) -> None:
             if application_id == 0 and not tables:
                 for statement in _SCHEMA:
                     handle.execute(statement, {"seed": time.time_ns() // 1000} if ":seed" in statement else ())
+                _apply_upgrades(handle)
                 handle.execute("COMMIT")
                 application_id = APPLICATION_ID
         finally:
@@ -225,6 +268,8 @@ def prepare(handle: sqlite3.Connection, path: str) -> None:
             f"it was left untouched: choose another path for the txlock lock database"
         )
     version = handle.execute("PRAGMA user_version").fetchone()[0]
+    if 0 < version < SCHEMA_VERSION:
+        version = _upgrade(handle)
     if version != SCHEMA_VERSION:
         newer = "a newer" if version > SCHEMA_VERSION else "an older"
         raise ConfigurationError(
@@ -235,4 +280,28 @@ def prepare(handle: sqlite3.Connection, path: str) -> None:
     mode = handle.execute("PRAGMA journal_mode").fetchone()[0]
     if str(mode).lower() != "wal":
         handle.execute("PRAGMA journal_mode = WAL")
+
+
+def _upgrade(handle: sqlite3.Connection) -> int:
+    """Bring a txlock database of an older version to this one, in one write transaction
+    (another process may be doing the same: the version is read again under the lock);
+    the version it has then."""
+    handle.execute("BEGIN IMMEDIATE")
+    try:
+        version = _apply_upgrades(handle)
+        handle.execute("COMMIT")
+    finally:
+        if handle.in_transaction:
+            handle.execute("ROLLBACK")
+    return version
+
+
+def _apply_upgrades(handle: sqlite3.Connection) -> int:
+    """Run every step from the database's version on (inside the caller's transaction)."""
+    version = int(handle.execute("PRAGMA user_version").fetchone()[0])
+    while version in _UPGRADES:
+        for statement in _UPGRADES[version]:
+            handle.execute(statement)
+        version = int(handle.execute("PRAGMA user_version").fetchone()[0])
+    return version
 

@@ -90,9 +90,10 @@ class SQLiteLockManager(BaseLockManager):
       on its owner file is dropped by the kernel, and the next statement that meets the hold
       treats it as free; waiters are woken at once (inotify). There is no heartbeat, so a
       paused or slow process never loses its holds, and no clock is involved.
-    * A hold with ``hold_timeout`` ends that many seconds after its grant on the wall clock
-      (``time.time()``): a clock stepped forward ends timed holds early, a clock stepped back
-      makes them last longer.
+    * A hold with ``hold_timeout`` ends that many seconds after its grant on the host clock
+      (:mod:`txlock._hostclock`: boot time, the same for every process of the host whatever
+      its wall clock or time namespace). A row of another boot or of an older txlock, and
+      every row outside Linux, is judged on its wall-clock ``expires_at``.
     * Waiters in any process are woken within milliseconds of a release (Linux inotify;
       elsewhere an adaptive poll capped at 25 ms). No strict FIFO across processes, but no
       starvation either: each wake-up lets every waiter try again.
@@ -224,7 +225,7 @@ class SQLiteLockManager(BaseLockManager):
                 return Busy(None, 0.0)
             if reply is LOCKED:
                 return _BUSY_WHILE_LOCKED
-            return Busy(decode(reply[0]), database.retry_after(waiter, reply[1], now))
+            return Busy(decode(reply[0]), database.retry_after(waiter, reply[1]))
 
         return (_operations.acquire, (key_bytes, encode(holder), ttl, now), True), read
 
@@ -280,7 +281,7 @@ class SQLiteLockManager(BaseLockManager):
                 return None
             if hold is LOCKED:
                 return _BUSY_WHILE_LOCKED
-            return Busy(decode(hold[0]), database.retry_after(waiter, hold[1], now))
+            return Busy(decode(hold[0]), database.retry_after(waiter, hold[1]))
 
         return (_operations.hold, (key_bytes, now), True), read
 
