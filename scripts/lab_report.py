@@ -5,8 +5,9 @@
     python scripts/lab_report.py RESULTS.jsonl RELIABILITY.md [--backend B]
     python scripts/lab_report.py RESULTS.jsonl -              print instead of writing
 
-With ``--backend``, only that backend's rows are replaced; the other rows of an existing
-``RELIABILITY.md`` are kept (each table says when each row was measured).
+Rows of an existing ``RELIABILITY.md`` are kept unless this run measured the same scenario,
+backend and mode again (each table says when and at which commit each row was measured), so
+the lab can be run a scenario or a backend at a time.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ def _existing_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in match.group(1).splitlines() if line.strip()]
 
 
+def _identity(row: dict[str, Any]) -> tuple[str, ...]:
+    """What a row measures: its scenario, backend and mode (the columns that name it)."""
+    return (str(row.get("scenario")), *(str(row.get(k, "")) for k in _KEYS_FIRST))
+
+
 def render(rows: list[dict[str, Any]], machine: str) -> str:
     """The whole report."""
     parts = [INTRO, f"Machine: {machine}.\n"]
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results")
     parser.add_argument("output", help="RELIABILITY.md, or - to print")
-    parser.add_argument("--backend")
+    parser.add_argument("--backend", help="accepted for symmetry with scripts/lab; rows merge by identity")
     args = parser.parse_args(argv)
     source = Path(args.results)
     if not source.exists():
@@ -152,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in new:
         row.setdefault("commit", commit)
     keep: list[dict[str, Any]] = []
-    if args.output != "-" and args.backend:
-        keep = [r for r in _existing_rows(Path(args.output)) if r.get("backend") != args.backend]
+    if args.output != "-":
+        measured = {_identity(r) for r in new}
+        keep = [r for r in _existing_rows(Path(args.output)) if _identity(r) not in measured]
     text = render(keep + new, _machine())
     if args.output == "-":
         print(text)
