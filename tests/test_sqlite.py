@@ -360,7 +360,7 @@ def test_prefix_bounds_on_bytes() -> None:
 
 def test_tokens_never_regress_across_sweeps_and_restarts(db: str, m: backend.SQLiteLockManager) -> None:
     seen = grant_and_release(m, 3)
-    # Sweep the free row away (as every 1024th release does): the floor keeps the token.
+    # Each release deleted the row (a sweep finds nothing left): the floor keeps the token.
     m._call(m._sweep())
     cx = sqlite3.connect(db)
     assert cx.execute("SELECT count(*) FROM txlock_locks").fetchone()[0] == 0
@@ -376,6 +376,122 @@ def test_tokens_never_regress_across_sweeps_and_restarts(db: str, m: backend.SQL
         kill(proc)
     assert seen == sorted(set(seen))
     assert token > seen[-1]
+
+
+def rows(db: str) -> dict[str, int]:
+    """The rows of the lock table, ``{key: token}``, read by a connection of our own."""
+    cx = sqlite3.connect(db)
+    try:
+        return {bytes(key).decode(): int(token) for key, token in cx.execute("SELECT key, token FROM txlock_locks")}
+    finally:
+        cx.close()
+
+
+def token_floor(db: str) -> int:
+    """The table's token high-water mark (``txlock_meta.token_floor``), which seeds new rows."""
+    cx = sqlite3.connect(db)
+    try:
+        return int(cx.execute("SELECT value FROM txlock_meta WHERE name = 'token_floor'").fetchone()[0])
+    finally:
+        cx.close()
+
+
+def test_release_and_force_release_delete_the_row_and_tokens_keep_rising(
+    db: str, m: backend.SQLiteLockManager
+) -> None:
+    seen = grant_and_release(m, 3)
+    assert rows(db) == {}
+    assert token_floor(db) == seen[-1]  # the deleted row's token, folded into the floor
+    lease = m.acquire_lease("k", "a", ttl=30)
+    assert lease is not None
+    assert m.force_release("k")
+    assert rows(db) == {}
+    again = m.acquire_lease("k", "b")
+    assert again is not None
+    assert seen == sorted(set(seen)) and seen[-1] < lease.token < again.token
+    m.release_lock("k", "b")
+    m.release_lock("k", "b")  # not held any more: a no-op, as before
+    assert rows(db) == {}
+
+
+#: Takes and releases 100 distinct keys (timed and process-bound, alternately), closes the
+#: store, prints the tokens it was granted and exits: the life of a CLI call, 100 times over.
+SHORT_LIVED = """
+import json, sys, txlock
+m = txlock.from_url(sys.argv[1])
+tokens = {}
+for i in range(100):
+    key = f"{sys.argv[2]}-{i}"
+    lease = m.acquire_lease(key, "h", ttl=None if i % 2 else 30.0)
+    assert lease is not None
+    tokens[key] = lease.token
+    m.release_lock(key, "h")
+m.close()
+print(json.dumps(tokens), flush=True)
+"""
+
+
+@pytest.mark.processes
+def test_released_rows_do_not_accumulate_across_short_lived_processes(db: str) -> None:
+    # Regression (found by the fault lab, tests/lab/test_hostile.py): free rows were swept
+    # only on a process's 1024th release, so this left 500 free rows behind for good.
+    procs = [python(SHORT_LIVED, f"sqlite://{db}", f"p{n}") for n in range(5)]
+    granted: dict[str, int] = {}
+    try:
+        for proc in procs:
+            granted.update(json.loads(expect(proc, "{")))
+            assert proc.wait(60) == 0
+    finally:
+        for proc in procs:
+            kill(proc)
+    assert len(granted) == 500
+    cx = sqlite3.connect(db)
+    assert cx.execute("SELECT count(*), count(holder) FROM txlock_locks").fetchone() == (0, 0)
+    cx.close()
+    assert token_floor(db) >= max(granted.values())
+    # Every key's row is gone; granted again, each key gets a larger token than before.
+    m = backend.SQLiteLockManager(db)
+    try:
+        for key, token in granted.items():
+            lease = m.acquire_lease(key, "again")
+            assert lease is not None and lease.token > token, key
+            m.release_lock(key, "again")
+    finally:
+        m.close()
+    assert rows(db) == {}
+
+
+@pytest.mark.processes
+def test_close_sweeps_expired_and_dead_holds_and_keeps_live_ones(db: str) -> None:
+    proc = python(HOLDER, f"sqlite://{db}", "dead", "none")
+    try:
+        expect(proc, "held")
+    finally:
+        kill(proc)  # SIGKILL: it never releases "dead"
+    m = backend.SQLiteLockManager(db)
+    try:
+        assert m.acquire_lock("expired", "a", hold_timeout=0.001)
+        assert m.acquire_lock("timed", "a", hold_timeout=60)
+        assert m.acquire_lock("bound", "a")
+        eventually(lambda: not m.is_locked("expired"), 5, "the 1 ms hold to expire")
+        before = rows(db)
+        assert set(before) == {"dead", "expired", "timed", "bound"}
+    finally:
+        m.close()  # the last manager of this process on the file: it sweeps
+    assert set(rows(db)) == {"timed", "bound"}
+    assert token_floor(db) >= max(before["dead"], before["expired"])
+    again = backend.SQLiteLockManager(db)
+    try:
+        assert again.is_lock_holder("bound", "a") and again.is_lock_holder("timed", "a")
+        for key in ("dead", "expired"):
+            lease = again.acquire_lease(key, "b", timeout=0)
+            assert lease is not None and lease.token > before[key], key
+            again.release_lock(key, "b")
+        again.release_lock("bound", "a")
+        again.release_lock("timed", "a")
+    finally:
+        again.close()
+    assert rows(db) == {}
 
 
 def test_listing_skips_free_expired_and_dead_holds(db: str, m: backend.SQLiteLockManager) -> None:

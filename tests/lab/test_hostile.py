@@ -292,13 +292,6 @@ async def waiting_rate(manager: txlock.BaseLockManager, store: Store, key: str, 
 #: every 5 s. A waiter that polls (redis-py's lock: every 0.1 s) costs ten to fifty times more.
 SAFETY_NET_CEILING = {"redis": 6.0, "postgres": 1.0}
 
-#: The library's current behaviour where the strict property does not hold (reported to the
-#: lead; see the docstring below).
-PER_WAITER_KEEPALIVE = {
-    "redis": "each queued call re-runs its script every liveness/2 to keep its queue entry alive",
-    "postgres": "each queued call re-checks the table at least every SAFETY_NET (5 s)",
-}
-
 
 @pytest.mark.timeout(0)
 @pytest.mark.parametrize(
@@ -319,10 +312,8 @@ def test_waiting_load_is_bounded(store: Store) -> None:
 
     Two levels: the cost of each extra waiter must stay under the backend's documented
     safety net (:data:`SAFETY_NET_CEILING`: a hard failure, it catches busy polling); the
-    strict property (no growth at all) does not hold today on Redis and PostgreSQL, whose
-    queued calls each keep themselves alive on a timer, so the test reports an expected
-    failure with the figures until the library moves that keep-alive into the per-process
-    heartbeat; it then passes as it stands.
+    strict property (no growth at all): the keep-alive of queued calls belongs to the
+    per-process heartbeat, and the end of a hold is watched once per key and process.
     """
     small = scaled(50, 250)
     window = scaled(6, 20)
@@ -339,8 +330,6 @@ def test_waiting_load_is_bounded(store: Store) -> None:
            commands_per_s_per_waiter=round(per_waiter, 3))
     figures = f"{rate_n:.1f}/s with {small} waiters, {rate_4n:.1f}/s with {4 * small} ({per_waiter:.2f}/s per waiter)"
     assert per_waiter <= SAFETY_NET_CEILING[store.backend], f"{store.backend} waiters poll: {figures}"
-    if rate_4n >= 2 * max(rate_n, floor) and store.backend in PER_WAITER_KEEPALIVE:
-        pytest.xfail(f"{store.backend}: {PER_WAITER_KEEPALIVE[store.backend]}: {figures}")
     assert rate_4n < 2 * max(rate_n, floor), f"{store.backend}: the load grows with the crowd: {figures}"
 
 
@@ -359,30 +348,22 @@ async def flood(manager: txlock.BaseLockManager, count: int, concurrency: int) -
         await asyncio.gather(*(one(i) for i in range(start, min(start + concurrency, count))))
 
 
-#: Reported to the lead: the SQLite backend sweeps free rows every 1024th release *per
-#: process* and nowhere else (not at close, not by age), so a process that releases fewer
-#: keys than that before it exits leaves every one of their rows behind for good, and a
-#: store used by short-lived processes (the CLI) grows without bound.
-SQLITE_LEAK = "SQLite keeps the rows of released keys until the releasing process's next 1024th release"
-
-
 @pytest.mark.timeout(0)
-def test_distinct_keys_leave_nothing(store: Store, request: pytest.FixtureRequest) -> None:
+def test_distinct_keys_leave_nothing(store: Store) -> None:
     """After many distinct keys (hostile names among them) are acquired and released, the
     store is back to empty: no key (Redis, the whole private server), no row (SQLite; the
     test's own PostgreSQL schema), no per-key file (file backend: only ``tokens`` and
     ``life/`` stay), nothing in the in-process table (memory).
 
-    "Afterwards" is each backend's documented clean-up: at ``close()`` for the file backend
-    (its collector also runs then); the expiry of the released hold's record for Redis
-    (``liveness``); the janitor for PostgreSQL, which keeps a released row for a minute as the
-    key's token high-water mark and sweeps every minute: the short run cannot wait for it, so
-    there it checks that no hold and no queue ticket remains (every row left is a released
-    one), and the long run waits for the sweep and requires 0 rows.
+    "Afterwards" is each backend's documented clean-up: at once for SQLite (a release deletes
+    its row); at ``close()`` for the file backend (its collector also runs then); the expiry
+    of the released hold's record for Redis (``liveness``); the janitor for PostgreSQL, which
+    keeps a released row for a minute as the key's token high-water mark and sweeps every
+    minute: the short run cannot wait for it, so there it checks that no hold and no queue
+    ticket remains (every row left is a released one), and the long run waits for the sweep
+    and requires 0 rows.
     """
     keys = scaled(10_000, 100_000)
-    if store.backend == "sqlite":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=SQLITE_LEAK))
     manager = txlock.from_url(store.url)
     try:
         asyncio.run(flood(manager, keys, concurrency=16))

@@ -28,6 +28,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -228,15 +229,29 @@ class Database:
         return self
 
     def leave(self) -> None:
-        """A manager is closed: close the connections (and drop the proof of life if no hold
-        needs it) once no manager of this process uses the database."""
+        """A manager is closed: once no manager of this process uses the database, sweep the
+        rows of expired and dead holds, drop the proof of life if no hold needs it, and close
+        the connections."""
         with self.users_mutex:
             self.users -= 1
             last = self.users <= 0
         if last:
+            self.sweep_quietly()
             self.release_owner()
             self.sync_connection.close()
             self.async_connection.close()
+
+    def sweep_quietly(self) -> None:
+        """Delete the rows of expired holds and of dead processes (crashed holders leave
+        them; releases delete their own rows), if the sync connection is open and the write
+        lock is free within :data:`~._operations.CLOSING_BUSY_TIMEOUT`; else leave them to
+        the next sweep. Never raises a backend error: closing must not fail for this."""
+        if self.sync_connection.handle is None:
+            return  # never opened in this process (or after fork): not worth opening now
+        try:
+            self.sync_connection.call(_operations.sweep_before_closing, (time.time(),))
+        except BackendError as exc:
+            log.debug("left the sweep of %s to a later close (%s)", self.path, exc)
 
     def prepared(self, handle: sqlite3.Connection) -> None:
         """Check (or create) the schema on every new connection: the file may have been

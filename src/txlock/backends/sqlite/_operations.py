@@ -35,10 +35,16 @@ from txlock.backends.sqlite._schema import (
 if TYPE_CHECKING:
     from txlock.backends.sqlite._database import Connection
 
-__all__ = ["acquire", "extend", "force_release", "hold", "inspect", "list_holds", "nothing", "owns", "release", "sweep"]
+__all__ = [
+    "acquire", "extend", "force_release", "hold", "inspect", "list_holds", "nothing", "owns", "release", "sweep",
+    "sweep_before_closing",
+]
 
-#: Releases per process and database between two sweeps of free rows.
+#: Releases per process and database between two sweeps of expired and dead rows (released
+#: rows are deleted by the release itself).
 SWEEP_EVERY = 1024
+#: The busy timeout of the sweep at close (seconds): close() must not wait for a busy database.
+CLOSING_BUSY_TIMEOUT = 0.05
 
 
 def nothing(connection: Connection, handle: sqlite3.Connection) -> None:
@@ -67,7 +73,7 @@ def acquire(
 def release(
     connection: Connection, handle: sqlite3.Connection, key: bytes, holder: bytes, now: float
 ) -> bytes | None:
-    """``None`` when released or not held; else the other holder."""
+    """``None`` when released (the row deleted) or not held; else the other holder."""
     database = connection.database
     if handle.execute(RELEASE, (key, holder)).rowcount:
         database.releases += 1
@@ -81,6 +87,16 @@ def release(
 def sweep(connection: Connection, handle: sqlite3.Connection, now: float) -> None:
     """Delete free, expired and dead rows (the trigger keeps their tokens in ``token_floor``)."""
     handle.execute(SWEEP, bind(SWEEP, b"", None, None, now, None, connection.database.owner, host=host_now()))
+
+
+def sweep_before_closing(connection: Connection, handle: sqlite3.Connection, now: float) -> None:
+    """:func:`sweep`, waiting at most :data:`CLOSING_BUSY_TIMEOUT` for the write lock (a
+    process closing its database must not wait for someone else's long transaction)."""
+    handle.execute(f"PRAGMA busy_timeout = {round(CLOSING_BUSY_TIMEOUT * 1000)}")
+    try:
+        sweep(connection, handle, now)
+    finally:
+        handle.execute(f"PRAGMA busy_timeout = {round(connection.busy * 1000)}")
 
 
 def extend(

@@ -1,12 +1,14 @@
 """What a txlock SQLite database is: its schema, the statements run on it, and the checks a
 file passes before txlock writes to it.
 
-One table, ``txlock_locks``, one row per key (the key stored as a BLOB of
-:func:`txlock._validate.encode`, so NUL and lone surrogates round-trip). A release keeps the
-row (``holder = NULL``) so the next grant of the key takes ``token + 1``; free rows are swept
-now and then, and a trigger first raises ``token_floor`` (in ``txlock_meta``) to the token of
-every deleted row, so a brand-new row starts at ``token_floor + 1`` and tokens never regress.
-See ``docs/sqlite.md``.
+One table, ``txlock_locks``, one row per held key (the key stored as a BLOB of
+:func:`txlock._validate.encode`, so NUL and lone surrogates round-trip). A release or a
+forced release deletes the row, so released keys leave nothing behind; expired and dead holds
+are deleted by a sweep (every 1024th release of a process, and when a process closes the
+database) or taken over by the next grant of their key. Before any row goes, a trigger raises
+``token_floor`` (in ``txlock_meta``) to its token, and a brand-new row starts at
+``token_floor + 1``: tokens strictly increase per key, across deletions too. See
+``docs/sqlite.md``.
 
 Schema versions (``PRAGMA user_version``): a new file is created at version 1 and brought up
 to :data:`SCHEMA_VERSION` by the steps of ``_UPGRADES``, exactly like an older file, in one
@@ -57,6 +59,8 @@ _SCHEMA = (
     # Seeded from the wall clock (microseconds): a store recreated after its file was lost or
     # moved away starts above every token the old one can have issued, so tokens never go back.
     "INSERT INTO txlock_meta (name, value) VALUES ('token_floor', :seed)",
+    # Releases delete their row; a free row (holder NULL) is one an earlier txlock released,
+    # kept until its key's next grant takes it over or a sweep deletes it.
     """CREATE TABLE txlock_locks (
         key BLOB PRIMARY KEY NOT NULL,  -- txlock._validate.encode(key)
         holder BLOB,                    -- encode(holder); NULL = free (the row keeps the token)
@@ -127,12 +131,15 @@ WHERE holder IS NULL OR holder = excluded.holder OR NOT $LIVE
 """)
 # The hold and how long it lasts still (NULL: bound to its process).
 HOLD = _expand("SELECT holder, $LEFT FROM txlock_locks WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
-RELEASE = "UPDATE txlock_locks SET holder = NULL WHERE key = ?1 AND holder = ?2"
+# A release deletes the row (the trigger folds its token into token_floor first), so a store
+# used by short-lived processes holds no more than its holds. A file written by an earlier
+# txlock may still have free rows (holder NULL): ACQUIRE takes them over, SWEEP deletes them.
+RELEASE = "DELETE FROM txlock_locks WHERE key = ?1 AND holder = ?2"
 EXTEND = _expand("""
 UPDATE txlock_locks SET owner = ?3, expires_at = ?5, ttl = ?6, host_expires_at = ?11, boot = ?12
 WHERE key = ?1 AND holder = ?2 AND token = ?8 AND $LIVE
 """)
-FORCE_RELEASE = _expand("UPDATE txlock_locks SET holder = NULL WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
+FORCE_RELEASE = _expand("DELETE FROM txlock_locks WHERE key = ?1 AND holder IS NOT NULL AND $LIVE")
 INSPECT = _expand(
     "SELECT holder, token, acquired_at, expires_at FROM txlock_locks WHERE key = ?1 AND holder IS NOT NULL AND $LIVE"
 )

@@ -86,6 +86,9 @@ class SQLiteLockManager(BaseLockManager):
       :class:`~txlock.BackendUnavailable` names the file.
     * Fencing tokens strictly increase per key across all grants, also across restarts
       (the counter lives in the database).
+    * The table holds no more than the holds: a release deletes its row (its token goes
+      to the table's high-water mark, which seeds the next row); rows of expired holds and
+      dead processes are swept every 1024th release and when a process closes the database.
     * A hold without ``hold_timeout`` ends when its process dies: the process's ``flock``
       on its owner file is dropped by the kernel, and the next statement that meets the hold
       treats it as free; waiters are woken at once (inotify). There is no heartbeat, so a
@@ -163,8 +166,9 @@ class SQLiteLockManager(BaseLockManager):
         return cls(path, **kwargs)
 
     def close(self) -> None:
-        """Close this process's connections to the file once no manager uses them. Holds stay;
-        the proof of life of this process's process-bound holds stays while any exists."""
+        """Close this process's connections to the file once no manager uses them, sweeping
+        the rows of expired and dead holds first. Holds stay; the proof of life of this
+        process's process-bound holds stays while any exists."""
         if self._closed:
             return
         self._closed = True
@@ -290,8 +294,8 @@ class SQLiteLockManager(BaseLockManager):
         return NOTHING
 
     def _sweep(self) -> Request[None]:
-        """Not a primitive: delete the free, expired and dead rows now (releases do it every
-        1024th time), keeping their tokens in the floor."""
+        """Not a primitive: delete the free, expired and dead rows now (as every 1024th
+        release and the last close of a process do), keeping their tokens in the floor."""
         return (_operations.sweep, (time.time(),), False), _nothing
 
 
