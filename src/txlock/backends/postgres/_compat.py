@@ -11,7 +11,17 @@ import concurrent.futures
 import threading
 import weakref
 
+from txlock._deadline import call_budget
+from txlock._errors import BackendUnavailable
+
 __all__ = ["AsyncSlots", "Slots", "async_wait_for", "wait_for"]
+
+
+def _no_slot(budget: float | None) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"every connection this process may open to the database stayed busy for {budget or 0:.3g}s, past the"
+        " call's deadline; make fewer calls at once, or pass pool= / async_pool= (psycopg_pool pools sized for them)"
+    )
 
 
 class Slots:
@@ -21,7 +31,9 @@ class Slots:
         self.semaphore = threading.Semaphore(size)
 
     def acquire(self) -> None:
-        self.semaphore.acquire()
+        budget = call_budget()  # a call with a deadline waits for a connection no longer
+        if not self.semaphore.acquire(timeout=budget):
+            raise _no_slot(budget)
 
     def release(self) -> None:
         self.semaphore.release()
@@ -47,7 +59,15 @@ class AsyncSlots:
             return semaphore
 
     async def acquire(self) -> None:
-        await self._semaphore().acquire()
+        budget = call_budget()  # a call with a deadline waits for a connection no longer
+        if budget is None:
+            await self._semaphore().acquire()
+            return
+        try:
+            async with asyncio.timeout(budget):
+                await self._semaphore().acquire()
+        except TimeoutError:
+            raise _no_slot(budget) from None
 
     def release(self) -> None:
         self._semaphore().release()
