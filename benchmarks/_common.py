@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _harness import acquire_release, per_op
+from _harness import Row, acquire_release, per_op, table
 
 #: Workers are spawned (not forked), as separate programs would be.
 CTX = mp.get_context("spawn")
+
+#: The table's Prefect columns, and their names in the peers suite, whose rows each set one
+#: peer library (in the Prefect fields of ``Row``) beside txlock.
+PEER_COLUMNS = ("| Prefect | txlock / Prefect |", "| peer | txlock / peer |")
 
 Op = Callable[[], object]
 
@@ -72,6 +76,11 @@ def entered(marker: str) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(marker)
     return True
+
+
+def peer_table(rows: list[Row]) -> str:
+    """The markdown table of the peers suite: ``table`` with the Prefect columns named "peer"."""
+    return table(rows).replace(*PEER_COLUMNS, 1)
 
 
 # ---------------------------------------------------------------------- hand-off

@@ -18,9 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-SUITES = ["memory", "file", "sqlite", "redis", "postgres", "startup", "observers"]
+SUITES = ["memory", "file", "sqlite", "redis", "postgres", "startup", "observers", "peers"]
 
 sys.path.insert(0, str(HERE))
+from _common import peer_table  # noqa: E402
 from _harness import RESULTS, Row, machine, table  # noqa: E402
 
 
@@ -66,7 +67,8 @@ def write_markdown() -> None:
         "Produced by `scripts/bench` (`python benchmarks/run.py`); every number in a row was measured in "
         "the same run on the same machine. *floor* is the physical limit of the medium (the cheapest "
         "operation that could possibly implement the step); *Prefect* is Prefect's own manager for the "
-        "same medium. Ratios below 1 mean txlock is faster (or, for throughput rows, slower).",
+        "same medium. Ratios below 1 mean txlock is faster (or, for throughput rows, slower). In the "
+        "peers section the *peer* columns hold, row by row, the library a user would pick instead.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['platform']}.",
         "",
@@ -79,10 +81,15 @@ def write_markdown() -> None:
         data = json.loads(path.read_text())
         rows = [Row(**r) for r in data["rows"]]
         when = f"Measured {data['machine']['date']} at commit {data['machine']['commit']}."
-        section = [f"## {data['title']}", "", when, "", table(rows), ""]
+        render = peer_table if data["suite"] == "peers" else table
+        section = [f"## {data['title']}", "", when, "", render(rows), ""]
         if data.get("notes"):
             section += [data["notes"], ""]
         fresh[data["title"]] = "\n".join(section)
+    # The curves of scripts/bench --scaling (benchmarks/scaling.py writes this section).
+    scaling = RESULTS / "scaling.md"
+    if scaling.exists():
+        fresh["Scaling"] = scaling.read_text()
     # Sections of suites not measured here (results are not committed) stay as they were,
     # each with its own "Measured ... at commit" line.
     target = ROOT / "BENCHMARKS.md"
