@@ -37,6 +37,12 @@ SCENARIOS: dict[str, str] = {
     "hostile_waiters": "Many async waiters on one key while a holder takes and releases it.",
     "distinct_keys": "Many distinct keys acquired and released: the store must end empty.",
     "fuzz_names": "Fuzzing of the file backend's key-to-file-name mapping.",
+    "waiting_load": "Server commands per second while N and then 4N waiters wait on one held key.",
+    "checker_negative_control": "The checkers against three deliberately broken locks (the backend column names"
+    " the bug): each must be flagged.",
+    "checker_positive_control": "The same workload on txlock's file backend: no violation of any kind.",
+    "checker_fenced_short_lease": "A lease shorter than the work against the fenced store: stale writes refused.",
+    "checker_synthetic": "Generated histories of a correct mutex, with crashes: the checkers' speed and silence.",
 }
 
 INTRO = """# Reliability
@@ -49,7 +55,7 @@ holders whose validity windows intersected, *token regressions* grants whose fen
 did not exceed the previous grant's. What each scenario does and why: `docs/reliability.md`.
 """
 
-_KEYS_FIRST = ("backend", "mode", "persistence", "case", "fault")
+_KEYS_FIRST = ("backend", "mode", "persistence", "case", "fault", "engine", "ttl")
 _SKIP = {"scenario", "at", "scale", "commit", "machine"}
 
 
@@ -87,6 +93,8 @@ def _cell(value: Any) -> str:
         if all(p is None for p in parts):
             return "n/a"
         return " / ".join("n/a" if p is None else f"{p * 1000:.1f} ms" if p < 10 else f"{p:.1f} s" for p in parts)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items()) or "none"
     if value is None:
         return ""
     return str(value).replace("|", "\\|")
