@@ -39,8 +39,10 @@ __all__ = ["MAX_KEY_CHARS", "MAX_PREFIX_CHARS", "SAFETY_NET", "PostgresLockManag
 MAX_KEY_CHARS = 4096
 #: Longest key prefix accepted, in characters.
 MAX_PREFIX_CHARS = 1024
-#: Longest sleep of a waiter without a wake-up while LISTEN works (the safety net).
-SAFETY_NET = 5.0
+#: Longest sleep of a waiter without a wake-up while LISTEN works (the safety net, a last
+#: resort: releases notify, the heartbeat keeps tickets alive, a lost LISTEN connection wakes
+#: every waiter, and the end of a hold is watched by one timer per key, not per waiter).
+SAFETY_NET = 60.0
 
 
 class PostgresLockManager(BaseLockManager):
@@ -88,8 +90,10 @@ class PostgresLockManager(BaseLockManager):
       waits: it goes in the statement that grants the call, or when the call gives up; a
       ticket of a killed process stops counting as soon as the server sees that process's
       LISTEN session end (else within ``liveness``). Waiters sleep until a ``NOTIFY``
-      reaches this process's one LISTEN connection, with a safety net of 5 s (or the time
-      left on the hold); a release sends one only when someone sleeps on the key.
+      reaches this process's one LISTEN connection (a release sends one only when someone
+      sleeps on the key); the heartbeat keeps their tickets alive, and one timer per key
+      and process looks again when the hold runs out, so a waiting call costs the server
+      nothing while it sleeps (safety net: 60 s).
     * A hold without ``hold_timeout`` lasts ``liveness`` seconds past the last of the
       heartbeats (one statement per process renews all its holds): it ends at most
       ``liveness`` seconds after its process dies or loses the server. A process paused
@@ -280,12 +284,16 @@ class PostgresLockManager(BaseLockManager):
         self._store.listener.add(registration, waiter)
         return self._store.subscribe()
 
-    def _retry(self, seconds: float | None) -> float:
-        """How long a waiter sleeps without a wake-up."""
-        cap = SAFETY_NET if self._store.listener.working else POLL_INTERVAL
-        if seconds is None:
-            return cap
-        return max(0.0, min(float(seconds), cap))
+    def _retry(self, key_tag: str, seconds: float | None) -> float:
+        """How long a waiter of ``key_tag`` sleeps without a wake-up, the key being taken for
+        ``seconds`` more: while LISTEN works, until the key's timer (armed here, one per key
+        and process) or a notification wakes it; else it polls."""
+        listener = self._store.listener
+        if not listener.working:
+            return POLL_INTERVAL if seconds is None else max(0.0, min(float(seconds), POLL_INTERVAL))
+        if seconds is not None:
+            listener.arm(self._store.channel, key_tag, max(0.0, float(seconds)))
+        return SAFETY_NET
 
     def _info(self, row: Sequence[Any]) -> LockInfo:
         key = decode(bytes(row[0]))[len(self.prefix) :]
@@ -340,10 +348,11 @@ class PostgresLockManager(BaseLockManager):
             return self._lease(key, holder, ttl, rows[0])
         if registration is not None and ticket is not None:
             registration.ticket = ticket
+        key_tag = self._key(key)[2]
         if other is not None:
-            return Busy(decode(bytes(other)), self._retry(left))
+            return Busy(decode(bytes(other)), self._retry(key_tag, left))
         if ahead:
-            return Busy(None, self._retry(ahead_left))
+            return Busy(None, self._retry(key_tag, ahead_left))
         # Refused, yet neither a holder nor a ticket ahead in this statement's snapshot: the
         # holder's row was committed after the snapshot was taken (so it could not be
         # marked either). Look again at once: the next statement sees and marks it.
@@ -414,7 +423,7 @@ class PostgresLockManager(BaseLockManager):
         _, digest, key_tag = self._key(key)
         statement = store.statements.watch if waiter is None else store.statements.watch_mark
         query = Query([statement], {"key_hash": digest}, listen=self._register(key_tag, waiter, False))
-        return query, lambda rows: Busy(decode(bytes(rows[0][0])), self._retry(rows[0][1])) if rows else None
+        return query, lambda rows: Busy(decode(bytes(rows[0][0])), self._retry(key_tag, rows[0][1])) if rows else None
 
     def _withdraw(self, key: str, waiter: Waiter) -> Request[Lease | None]:
         """Forget ``waiter`` locally, and remove its queue row if it has one.

@@ -4,14 +4,22 @@ The listener is one pub/sub connection and thread per process and server, subscr
 channel of its own (``txlock:wake:<random>``). A script that hands a lock to a queued
 waiter publishes the grant there (``g <waiter id> <token> <now ms> <life ms>``); one that
 frees a key a ``wait_for_lock`` call watches publishes ``f <waiter id>``. The listener wakes
-that waiter, whatever its world (a thread or an event-loop task). The heartbeat is one job
-on txlock's scheduler thread that renews every process-bound hold of the process.
+that waiter, whatever its world (a thread or an event-loop task).
+
+The heartbeat is one job on txlock's scheduler thread, one script call per beat (per slot on
+Cluster) for everything the process keeps alive: it renews the process-bound holds, and the
+queue entries and watcher registrations of the calls that wait, so a waiting call costs the
+server nothing while it sleeps. A waiting key's hold can also end without a message (its
+``hold_timeout`` passes, or its process died): per key, one timer of the lease-watch thread
+wakes one local waiter when the hold's time is up, and that waiter's look hands the key on.
+The cost of waiting is thus per process and key, never per waiting call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -19,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
@@ -45,13 +53,22 @@ SUBSCRIBE_WAIT = 10.0
 LISTENER_IDLE = 10.0
 #: Hold keys per heartbeat script on a single server (Cluster: one call per slot).
 HEARTBEAT_BATCH = 1000
+#: Waiting calls of one key per unit of the heartbeat script (bounds its Lua stack).
+WAITERS_PER_UNIT = 500
+#: Longest sleep of a waiting call without a wake-up: a last resort only. Its queue entry is
+#: kept by the heartbeat, which also wakes it if the entry is gone (a lost grant message);
+#: the end of the hold is watched per key; a reconnected listener wakes every waiter.
+SAFETY_NET = 60.0
+#: When the waiter a key's timer woke did not look (it was leaving), the timer wakes the
+#: next local waiter of that key this much later.
+TIMER_RETRY = 1.0
 
 
 class WaitState:
     """What a queued waiter (or ``wait_for_lock`` watcher) carries in ``Waiter.data``: what
     the listener needs to turn a grant pushed by a release into the waiter's lease."""
 
-    __slots__ = ("entry", "hold_key", "holder", "hub", "key", "liveness_ms", "ttl", "waiter_id")
+    __slots__ = ("entry", "hold_key", "holder", "hub", "key", "liveness_ms", "queued", "ttl", "waiter_id")
 
     def __init__(
         self, hub: Hub, waiter_id: str, key: str, hold_key: bytes, holder: str | None, ttl: float | None,
@@ -66,6 +83,9 @@ class WaitState:
         self.liveness_ms = liveness_ms
         #: A watcher's entry in the key's watcher set: where to tell it the key is free.
         self.entry = "" if holder is not None else f"{hub.channel} {waiter_id}"
+        #: Its queue entry (acquirer) or watcher registration exists in Redis: the
+        #: heartbeat keeps it alive.
+        self.queued = False
 
 
 class Hub:
@@ -91,6 +111,11 @@ class Hub:
         self.channel = f"txlock:wake:{uuid.uuid4().hex}"
         self.lock = threading.Lock()
         self.waiters: WaiterTable[str, WaitState] = WaiterTable()
+        #: The waiting calls by the hold key they wait on, in arrival order (under ``lock``).
+        self.waiting: dict[bytes, dict[Waiter, WaitState]] = {}
+        #: Per waiting key: when (``time.monotonic()``) its hold runs out as last seen, and
+        #: the lease-watch job that wakes a local waiter then (under ``lock``).
+        self._timers: dict[bytes, _KeyTimer] = {}
         self._ids = itertools.count(1)
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,11 +146,56 @@ class Hub:
         waiter.data = state
         with self.lock:  # not while the listener decides it is idle
             self.waiters.add(state.waiter_id, waiter, state)
+            self.waiting.setdefault(hold_key, {})[waiter] = state
         return state
 
     def forget(self, waiter: Waiter, state: WaitState) -> None:
         self.waiters.discard(state.waiter_id, waiter)
         waiter.data = None
+        with self.lock:
+            local = self.waiting.get(state.hold_key)
+            if local is not None and local.pop(waiter, None) is not None and not local:
+                del self.waiting[state.hold_key]
+                timer = self._timers.pop(state.hold_key, None)
+                if timer is not None:
+                    timer.job.cancel()
+
+    def queued(self, state: WaitState, seconds_left: float) -> None:
+        """A look of ``state``'s call found the key held for ``seconds_left`` more seconds
+        (as far as the server knows now), and left the call queued (or registered as a
+        watcher): keep that alive with the heartbeat, and look again when the hold ends."""
+        with self.lock:
+            if state.hold_key not in self.waiting:
+                return  # the call left meanwhile
+            state.queued = True
+            self._need_beat(state.liveness_ms / 3000)
+            due = time.monotonic() + seconds_left
+            timer = self._timers.get(state.hold_key)
+            if timer is not None:
+                if timer.at <= due:  # it runs first and then waits for the rest
+                    timer.due = due
+                    return
+                timer.job.cancel()
+            job = _scheduler.watch(functools.partial(self._expired, state.hold_key), max(seconds_left, 0.0),
+                                   name="txlock redis hold end")
+            self._timers[state.hold_key] = _KeyTimer(due, due, job)
+
+    def _expired(self, hold_key: bytes) -> bool | float:
+        """The timer of ``hold_key`` (on the lease-watch thread, no I/O): when the hold's
+        time is up, wake the first local waiter of the key, whose look hands it on."""
+        with self.lock:
+            timer = self._timers.get(hold_key)
+            local = self.waiting.get(hold_key)
+            if timer is None or not local:
+                return False
+            now = time.monotonic()
+            if timer.due > now:  # a later look found the hold renewed
+                timer.at = timer.due
+                return timer.due - now
+            timer.due = timer.at = now + TIMER_RETRY  # unless the waiter's look sets it anew
+            first = next(iter(local))
+        first.wake()
+        return TIMER_RETRY
 
     def track(self, hold_key: bytes, lease: Lease, liveness_ms: int) -> Lease:
         """Put a process-bound hold under the heartbeat (or take a timed one off it)."""
@@ -237,12 +307,15 @@ class Hub:
         with self.lock:
             self.holds[hold_key] = (token, liveness_ms)
             self._renewed[hold_key] = time.monotonic()
-            interval = liveness_ms / 3000
-            if self._job is None or interval < self._interval:
-                if self._job is not None:
-                    self._job.cancel()
-                self._interval = interval
-                self._job = _scheduler.schedule(self._beat, interval, name=f"txlock heartbeat {self.where}")
+            self._need_beat(liveness_ms / 3000)
+
+    def _need_beat(self, interval: float) -> None:
+        """Run the heartbeat at least every ``interval`` seconds (under ``lock``)."""
+        if self._job is None or interval < self._interval:
+            if self._job is not None:
+                self._job.cancel()
+            self._interval = interval
+            self._job = _scheduler.schedule(self._beat, interval, name=f"txlock heartbeat {self.where}")
 
     def drop(self, hold_key: bytes, token: bytes | None = None) -> None:
         """Stop renewing this hold (only if its grant is ``token``, when given)."""
@@ -254,23 +327,43 @@ class Hub:
 
     def _beat(self) -> bool:
         with self.lock:
-            if not self.holds:
+            if not self.holds and not self.waiting:
                 self._job = None
                 self._interval = math.inf
                 return False
             items = list(self.holds.items())
+            units = self._waiting_units()
         sent = time.monotonic()
-        groups: dict[int, list[tuple[bytes, tuple[bytes, int]]]] = {}
+        groups: dict[int, tuple[list[Held], list[Unit]]] = {}
         if self.cluster:
             for item in items:
-                groups.setdefault(key_slot(item[0]), []).append(item)
+                groups.setdefault(key_slot(item[0]), ([], []))[0].append(item)
+            for unit in units:
+                groups.setdefault(key_slot(unit[0]), ([], []))[1].append(unit)
         else:
-            groups = {start: items[start : start + HEARTBEAT_BATCH] for start in range(0, len(items), HEARTBEAT_BATCH)}
-        renewed = [self._renew(group) for group in groups.values()]
+            for start in range(0, len(items), HEARTBEAT_BATCH):
+                groups[start] = (items[start : start + HEARTBEAT_BATCH], [])
+            for start in range(0, len(units), HEARTBEAT_BATCH):
+                groups.setdefault(start, ([], []))[1].extend(units[start : start + HEARTBEAT_BATCH])
+        renewed = [self._renew(held, waiting) for held, waiting in groups.values()]
         if all(renewed):
             with self.lock:
                 self.last_beat = max(self.last_beat, sent)
         return True
+
+    def _waiting_units(self) -> list[Unit]:
+        """What the heartbeat keeps alive for the waiting calls, per key (under ``lock``):
+        (hold key, liveness ms, ids of queued acquirers, ids of registered watchers), split
+        so that no unit names more than :data:`WAITERS_PER_UNIT` calls."""
+        units: list[Unit] = []
+        for hold_key, local in self.waiting.items():
+            liveness_ms = max(state.liveness_ms for state in local.values())
+            acquirers = [state.waiter_id for state in local.values() if state.queued and state.holder is not None]
+            watchers = [state.waiter_id for state in local.values() if state.queued and state.holder is None]
+            for start in range(0, max(len(acquirers), len(watchers)), WAITERS_PER_UNIT):
+                end = start + WAITERS_PER_UNIT
+                units.append((hold_key, liveness_ms, acquirers[start:end], watchers[start:end]))
+        return units
 
     def _renew_confirmed(self, client: Any, keys: list[bytes], args: list[Any]) -> Any:
         """The heartbeat script, then ``WAIT`` on the same connection; its reply, or
@@ -285,11 +378,17 @@ class Hub:
             )
         return replies
 
-    def _renew(self, group: list[tuple[bytes, tuple[bytes, int]]]) -> bool:
-        """Renew one group of holds in one script call; ``False`` if the call failed."""
+    def _renew(self, group: list[Held], units: list[Unit]) -> bool:
+        """Renew one group of holds, and keep the waiting calls of ``units`` queued, in one
+        script call; ``False`` if the call failed."""
         keys = [hold_key for hold_key, _ in group]
-        args = [value for _, held in group for value in held]
+        args: list[Any] = [len(group), *(value for _, held in group for value in held)]
+        for hold_key, liveness_ms, acquirers, watchers in units:
+            base = hold_key[:-1]
+            keys += [hold_key, base + b"q", base + b"w", base + b"v"]
+            args += [liveness_ms, self.channel, len(acquirers), *acquirers, len(watchers), *watchers]
         started = time.monotonic()
+        wake: list[bytes] = []
         try:
             client = self.client()
             if self.wait_replicas:
@@ -299,12 +398,13 @@ class Hub:
                     replies = client.evalsha(HEARTBEAT.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     replies = client.eval(HEARTBEAT.source, len(keys), *keys, *args)
-            lost = [group[int(index) - 1] for index in replies]
+            lost = [group[int(index) - 1] for index in replies[0]]
+            wake = replies[1]
         except DRIVER_ERRORS as exc:
             level = logging.DEBUG if self._failing else logging.WARNING
             self._failing = True
-            log.log(level, "heartbeat could not renew %d hold(s) on Redis at %s: %s", len(keys), self.where,
-                    translate(exc, self.where, self._secrets))
+            log.log(level, "heartbeat could not renew %d hold(s) and %d waiting key(s) on Redis at %s: %s",
+                    len(group), len(units), self.where, translate(exc, self.where, self._secrets))
             # A hold not renewed for a whole liveness window has expired on the server: stop trying.
             with self.lock:
                 lost = [(hold_key, held) for hold_key, held in group
@@ -314,13 +414,37 @@ class Hub:
                 self._failing = False
                 log.warning("heartbeat reached Redis at %s again", self.where)
             with self.lock:
-                for hold_key in keys:
+                for hold_key in keys[: len(group)]:
                     if hold_key in self._renewed:
                         self._renewed[hold_key] = started
         for hold_key, (token, _) in lost:
             log.info("process-bound hold %r is lost (expired, released or force-released)", hold_key)
             self.drop(hold_key, token)
+        # Calls whose queue entry is gone (handed the lock, or dropped while this process was
+        # silent), and calls that should look now (their key is free): they look again.
+        for waiter_id in wake:
+            for waiter, _ in self.waiters.entries(waiter_id.decode()):
+                waiter.wake()
         return not self._failing
+
+
+#: A process-bound hold the heartbeat renews: (hold key, (token, liveness ms)).
+Held: TypeAlias = tuple[bytes, tuple[bytes, int]]
+#: What the heartbeat keeps alive for one waiting key: (hold key, liveness ms, ids of the
+#: queued acquirers, ids of the registered watchers).
+Unit: TypeAlias = tuple[bytes, int, list[str], list[str]]
+
+
+class _KeyTimer:
+    """The hold-end timer of one waiting key: when it is due (``due``, monotonic), when its
+    job runs next (``at``), and the job."""
+
+    __slots__ = ("at", "due", "job")
+
+    def __init__(self, due: float, at: float, job: _scheduler.Job) -> None:
+        self.due = due
+        self.at = at
+        self.job = job
 
 
 class Unconfirmed(RedisError):

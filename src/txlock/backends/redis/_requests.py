@@ -32,6 +32,7 @@ __all__ = [
     "Work",
     "glob_escape",
     "granted_token",
+    "hold_left",
     "hold_ms",
     "lease_of",
     "listed",
@@ -132,13 +133,16 @@ def hold_ms(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
 
 
+def hold_left(pttl_ms: int, liveness: float) -> float:
+    """Seconds until the hold a reply describes runs out (``liveness / 2`` when the server
+    gave no time left): when a waiter's look should be repeated if nothing else happens."""
+    return liveness / 2 if pttl_ms < 0 else pttl_ms / 1000
+
+
 def retry_after(pttl_ms: int, liveness: float) -> float:
-    """How long a waiter sleeps without a wake-up: the time left on the hold, but at most
-    half the liveness window (the keep-alive of its queue entry and the safety net for a
-    lost wake-up message)."""
-    if pttl_ms < 0:
-        return liveness / 2
-    return min(pttl_ms / 1000, liveness / 2)
+    """How long a caller that is not queued sleeps before looking again: the time left on
+    the hold, at most half the liveness window."""
+    return min(hold_left(pttl_ms, liveness), liveness / 2)
 
 
 def lease_of(key: str, holder: str, ttl: float | None, token: int, now_ms: int, life_ms: int) -> Lease:

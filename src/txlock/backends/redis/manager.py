@@ -49,7 +49,7 @@ from txlock.backends.redis._connection import (
     translate,
     within_budget,
 )
-from txlock.backends.redis._hub import Hub, WaitState, hubs
+from txlock.backends.redis._hub import SAFETY_NET, Hub, WaitState, hubs
 from txlock.backends.redis._requests import (
     Command,
     Confirmed,
@@ -58,6 +58,7 @@ from txlock.backends.redis._requests import (
     Work,
     glob_escape,
     granted_token,
+    hold_left,
     hold_ms,
     lease_of,
     listed,
@@ -104,10 +105,12 @@ class RedisLockManager(BaseLockManager):
       holder string may release, and ``is_locked`` / ``is_lock_holder`` ask the server.
     * Waiters are served in arrival order: a release hands the lock directly to the oldest
       live waiter of the per-key queue and pushes the grant to that waiter's process over
-      pub/sub (one listener connection and thread per process and server). A waiter also
-      re-checks at least every ``liveness / 2`` seconds, which keeps its queue entry alive
-      and recovers a lost wake-up message; entries of dead processes expire after
-      ``liveness``.
+      pub/sub (one listener connection and thread per process and server). The queue
+      entries of a process's waiting calls are kept alive by its one heartbeat (one script
+      call per beat for all of them), which also wakes a call whose entry is gone (a lost
+      wake-up message); one timer per waiting key looks again when the hold runs out. A
+      waiting call thus costs the server nothing while it sleeps; entries of dead processes
+      expire after ``liveness``.
     * ``hold_timeout=T`` ends the hold T seconds after the grant on the server's clock
       (``PEXPIRE``). A hold without ``hold_timeout`` lives ``liveness`` seconds on the
       server, renewed every ``liveness / 3`` by one heartbeat per process and server; if the
@@ -460,7 +463,11 @@ class RedisLockManager(BaseLockManager):
         def read(reply: Any) -> Lease | Busy:
             if reply[0] == 1:
                 state.hub.forget(waiter, state)
-            return self._read_acquire(key, holder, ttl, keys[0], reply)
+                return self._read_acquire(key, holder, ttl, keys[0], reply)
+            # Queued: the heartbeat keeps the entry, a release pushes the grant, the hub
+            # looks again when the hold runs out; sleeping longer costs the server nothing.
+            state.hub.queued(state, hold_left(int(reply[2]), self.liveness))
+            return Busy(None if reply[1] is None else decode(reply[1]), SAFETY_NET)
 
         return self._confirmed(ScriptCall(_scripts.ACQUIRE, keys, args, state), key, encode(holder), grant=True), read
 
@@ -515,10 +522,15 @@ class RedisLockManager(BaseLockManager):
         keys = self._keys(key)
         state = None if waiter is None else self._registered(waiter, waiter.data, key, keys[0], None, None)
         args = ["" if state is None else state.entry, self._liveness_ms, encode(key)]
-        return ScriptCall(_scripts.WATCH, keys, args, state), self._read_watch
+        return ScriptCall(_scripts.WATCH, keys, args, state), functools.partial(self._read_watch, state)
 
-    def _read_watch(self, reply: Any) -> Busy | None:
-        return None if reply is None else Busy(decode(reply[0]), retry_after(int(reply[1]), self.liveness))
+    def _read_watch(self, state: WaitState | None, reply: Any) -> Busy | None:
+        if reply is None:
+            return None
+        if state is None:
+            return Busy(decode(reply[0]), retry_after(int(reply[1]), self.liveness))
+        state.hub.queued(state, hold_left(int(reply[1]), self.liveness))
+        return Busy(decode(reply[0]), SAFETY_NET)
 
     def _withdraw(self, key: str, waiter: Waiter) -> Request[Lease | None]:
         state = waiter.data  # read before the lease: the listener sets the lease, then clears this
