@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import multiprocessing
 import os
 import pickle
 import random
@@ -718,3 +719,41 @@ def test_module_exports() -> None:
     ]
     assert rbackend.DEFAULT_LIVENESS == 5.0
     assert txlock.RedisLockManager is RedisLockManager
+
+
+# ---------------------------------------------------------------- a killed waiter
+
+
+def _wait_for_ever(url: str, key: str) -> None:
+    txlock.from_url(url).acquire_lock(key, "doomed-waiter", acquire_timeout=600)
+
+
+@pytest.mark.processes
+def test_a_killed_waiter_is_passed_over_at_the_hand_off(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A release hands the key to the next waiter whose process still listens: a waiter
+    SIGKILLed in the queue (its entry good for another 30 s) neither receives the key nor
+    delays the live waiter behind it (found by the fault lab: chains of dead waiters kept a
+    key for several liveness windows)."""
+    url = url_for("redis", request, tmp_path) + "&liveness=30"
+    m = txlock.from_url(url)
+    ctx = multiprocessing.get_context("spawn")
+    doomed = ctx.Process(target=_wait_for_ever, args=(url, "k"))
+    try:
+        assert m.acquire_lock("k", "owner")
+        doomed.start()
+        eventually(lambda: m.inspect("k").waiters == 1, 60, "the doomed waiter to queue")  # type: ignore[union-attr]
+        os.kill(doomed.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        doomed.join()
+        result: list[bool] = []
+        heir = threading.Thread(target=lambda: result.append(m.acquire_lock("k", "heir", acquire_timeout=10)))
+        heir.start()
+        eventually(lambda: m.inspect("k").waiters == 2, 30, "the heir to queue behind it")  # type: ignore[union-attr]
+        m.release_lock("k", "owner")
+        heir.join(30)
+        assert result == [True]  # within 10 s, though the dead entry had 30 s left
+        assert m.is_lock_holder("k", "heir")
+        m.release_lock("k", "heir")
+    finally:
+        if doomed.is_alive():
+            doomed.kill()
+        m.close()

@@ -40,16 +40,27 @@ local function dequeue(waiter_id)
   redis.call('HDEL', entries_key, waiter_id)
 end
 
+-- Whether this server is part of a Redis Cluster: there PUBLISH counts only the receivers
+-- connected to this node, so a count of 0 says nothing about the waiter's process.
+local function clustered()
+  return string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) ~= nil
+end
+
 -- The key has no live hold: hand it to the longest waiter (and tell that waiter's process
 -- on its channel), else free it and wake the watchers. Returns the new holder or nil.
+-- Each process listens on a channel of its own; when nobody hears the hand-off, that
+-- process is gone (its connection closed with it) although its queue entry has not expired
+-- yet: the grant is taken back (its token stays spent) and the next waiter is served, so a
+-- killed waiter does not keep the key for a liveness window (or its whole ttl).
 local function vacate(liveness, lock_key)
-  local waiter_id, holder, ttl, channel = head()
-  if waiter_id then
+  while true do
+    local waiter_id, holder, ttl, channel = head()
+    if not waiter_id then break end
     dequeue(waiter_id)
     local token, life = grant(holder, ttl, liveness, waiter_id, lock_key)
-    redis.call('PUBLISH', channel,
+    local heard = redis.call('PUBLISH', channel,
                'g ' .. waiter_id .. ' ' .. digits(token) .. ' ' .. digits(now) .. ' ' .. digits(life))
-    return holder
+    if heard > 0 or clustered() then return holder end
   end
   redis.call('HDEL', hold_key, 'holder', 'at', 'ttl', 'wid')
   for _, entry in ipairs(redis.call('SMEMBERS', watchers_key)) do
