@@ -47,12 +47,16 @@ class _Scheduler:
         self._thread: threading.Thread | None = None
 
     def add(self, job: Job, first_delay: float) -> None:
+        entry = (time.monotonic() + first_delay, next(self._seq), job)
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + first_delay, next(self._seq), job))
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:
+                # Only a job due before every other one changes when the thread must wake:
+                # the PostgreSQL deadline guards, one per statement, mostly do not.
+                self._cond.notify()
 
     def jobs(self) -> int:
         with self._cond:

@@ -31,7 +31,7 @@ from typing import Any
 import redis.cluster
 from redis.exceptions import NoScriptError
 
-from txlock._deadline import DEADLINE_MARGIN, call_budget
+from txlock._deadline import call_budget
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
 from txlock._flows import NOTHING, Request, no_io
 from txlock._manager import BaseLockManager
@@ -573,11 +573,17 @@ async def _ascript(client: Any, call: ScriptCall) -> Any:
         return await within_budget(client.execute_command(*call.eval()))
 
 
+#: Seconds a WAIT leaves, within the call's budget, for its reply to arrive.
+_WAIT_REPLY_ROOM = 0.25
+
+
 def _wait_seconds(timeout: float) -> float:
-    """How long a WAIT may block: ``wait_timeout``, and no longer than the call's deadline
-    (whose socket reads end ``DEADLINE_MARGIN`` after it)."""
+    """How long a WAIT may block: ``wait_timeout``, and no longer than the call's budget
+    allows (its deadline plus ``DEADLINE_MARGIN``, less room for the reply). Like every
+    round trip of a call with a deadline, the confirmation of a grant made at the deadline
+    (or by ``timeout=0``) still gets a fair chance."""
     budget = call_budget()
-    return timeout if budget is None else min(timeout, max(budget - DEADLINE_MARGIN, 0.001))
+    return timeout if budget is None else min(timeout, max(budget - _WAIT_REPLY_ROOM, 0.001))
 
 
 def _ms(seconds: float) -> int:
