@@ -61,6 +61,10 @@ class DirectoryState:
         self.file_mode = mode & 0o666
         self.ident = ident
         self.mutex = threading.Lock()
+        # One collection at a time: close() must not retire the directory's descriptors
+        # under a collection the scheduler thread is running (its files would stay).
+        self.collecting = threading.Lock()
+        self.closed = False  # its descriptors are closed (set under ``collecting``)
         self.refs = 1  # managers using it (under _attach_mutex)
         self.lives = LifeFiles(os.path.join(path, LIFE_DIR), BYTES_128, dir_fd=life_fd, mode=self.file_mode)
         self.wakeups = Wakeups(path, fd, self.lives)
@@ -172,17 +176,18 @@ class DirectoryState:
 
     def gc(self) -> bool:
         """Remove the record files of keys this process freed that are still free."""
-        with self.mutex:
-            names, self.freed = self.freed, set()
-            if not names:
-                self.gc_job = None
-                return False
-        for name in names:
-            try:
-                self.collect(name)
-            except OSError as exc:
-                log.debug("could not remove %s: %s", name, exc)
-        return True
+        with self.collecting:
+            with self.mutex:
+                names, self.freed = self.freed, set()
+                if not names or self.closed:
+                    self.gc_job = None
+                    return False
+            for name in names:
+                try:
+                    self.collect(name)
+                except OSError as exc:
+                    log.debug("could not remove %s: %s", name, exc)
+            return True
 
     def collect(self, name: str) -> None:
         try:
@@ -228,16 +233,19 @@ class DirectoryState:
                     self.gc_job.cancel()
                     self.gc_job = None
             _states.pop(self.ident)
-        self.wakeups.stop()
-        self.drop_fds()
-        self.lives.release()
-        os.close(self.life_dir)
-        os.close(self.fd)
+        with self.collecting:  # a collection the scheduler started finishes first
+            self.closed = True
+            self.wakeups.stop()
+            self.drop_fds()
+            self.lives.release()
+            os.close(self.life_dir)
+            os.close(self.fd)
 
     def after_fork(self) -> bool:
         """In a forked child: the parent's waiters, watches and holds are not ours (the
         life file is reset by ``LifeFiles``, the record descriptors by ``_descriptors``)."""
         self.mutex = threading.Lock()
+        self.collecting = threading.Lock()
         self.wakeups.after_fork()
         self.freed = set()
         self.gc_job = None
