@@ -56,7 +56,7 @@ did not exceed the previous grant's. What each scenario does and why: `docs/reli
 """
 
 _KEYS_FIRST = ("backend", "mode", "persistence", "case", "fault", "engine", "ttl")
-_SKIP = {"scenario", "at", "scale", "commit", "machine"}
+_SKIP = {"scenario", "at", "scale", "commit", "machine", "seed"}
 
 
 def _git_commit() -> str:
@@ -81,28 +81,40 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
 
 
-def _cell(value: Any) -> str:
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if abs(seconds) < 10 else f"{seconds:.1f} s"
+
+
+def _cell(value: Any, name: str = "") -> str:
+    """One table cell; ``name`` says the unit (``*_s``: seconds, ``*_ms``: milliseconds)."""
     if isinstance(value, bool):
         return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, int):
-        return f"{value:,}"
     if isinstance(value, dict) and set(value) >= {"p50", "p99", "max"}:
         parts = [value[k] for k in ("p50", "p99", "max")]
         if all(p is None for p in parts):
             return "n/a"
-        return " / ".join("n/a" if p is None else f"{p * 1000:.1f} ms" if p < 10 else f"{p:.1f} s" for p in parts)
+        show = _duration if name.endswith("_s") else (lambda v: f"{v:.3g}")
+        return " / ".join("n/a" if p is None else show(p) for p in parts)
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items()) or "none"
+        return ", ".join(f"{k} {_cell(v, k)}" for k, v in value.items()) or "none"
+    if isinstance(value, float) and name.endswith("_s"):
+        return _duration(value)
+    if isinstance(value, float) and name.endswith("_ms"):
+        return f"{value:.3g} ms"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
     if value is None:
         return ""
     return str(value).replace("|", "\\|")
 
 
 def _header(name: str) -> str:
-    pretty = name.replace("_s", "").replace("_", " ")
-    return f"{pretty} (p50 / p99 / max)" if name.endswith("_s") else pretty
+    for unit in ("_s", "_ms"):
+        if name.endswith(unit):
+            name = name[: -len(unit)]
+    return name.replace("_", " ")
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -116,7 +128,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(_header(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         stamp = f"{row.get('commit', '?')}, {time.strftime('%Y-%m-%d %H:%M', time.gmtime(row.get('at', 0)))} UTC"
-        cells = [_cell(row.get(c)) for c in columns[:-1]] + [stamp]
+        cells = [_cell(row.get(c), c) for c in columns[:-1]] + [stamp]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

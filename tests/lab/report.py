@@ -58,6 +58,8 @@ def record(scenario: str, backend: str, **figures: Any) -> dict[str, Any]:
     """
     row: dict[str, Any] = {"scenario": scenario, "backend": backend,
                            "scale": "long" if long_run() else "ci", "at": time.time(), **figures}
+    if os.environ.get("TXLOCK_LAB_COMMIT"):  # the commit the run started at (scripts/lab)
+        row["commit"] = os.environ["TXLOCK_LAB_COMMIT"]
     directory = os.environ.get("TXLOCK_LAB_REPORT")
     if directory:
         path = Path(directory) / "results.jsonl"
