@@ -148,7 +148,9 @@ class KillRun:
         started = time.monotonic()
         for _ in range(WORKERS):
             self.spawn()
-        while (self.acquisitions() < target or self.kills < min_kills) and time.monotonic() - started < budget_s:
+        while (
+            self.acquisitions() < target or self.kills < min_kills or not self.holder_hits
+        ) and time.monotonic() - started < budget_s:
             time.sleep(self.rng.uniform(*KILL_EVERY))  # the fault's pace, not an ordering
             self.kill(self.victim(min_kills))
             self.spawn()
@@ -160,10 +162,13 @@ class KillRun:
         kills aim at the worker that says it holds the key, until one is hit."""
         names = sorted(self.workers)
         if self.kills >= min_kills // 2 and not self.holder_hits:
-            holders = [name for name in names if self.holding[self.slots[name]]]
-            if holders:
-                self.aimed += 1
-                return holders[0]
+            # A hold lasts about a fenced write: look for one for up to 50 ms.
+            for _ in range(100):
+                holders = [name for name in names if self.holding[self.slots[name]]]
+                if holders:
+                    self.aimed += 1
+                    return holders[0]
+                time.sleep(0.0005)  # the pace of the search, not an ordering
         return self.rng.choice(names)
 
     def stop(self) -> None:

@@ -30,11 +30,11 @@ __all__ = ["SCRIPT_COMMANDS", "checks", "sample_arguments"]
 SCRIPT_COMMANDS = tuple(sorted({
     name.upper()
     for script in (_scripts.ACQUIRE, _scripts.RELEASE, _scripts.EXTEND, _scripts.INSPECT, _scripts.WATCH,
-                   _scripts.WITHDRAW, _scripts.FORCE_RELEASE, _scripts.HEARTBEAT)
+                   _scripts.WITHDRAW, _scripts.FORCE_RELEASE, _scripts.HEARTBEAT, _scripts.CONFIRM, _scripts.REVOKE)
     for name in re.findall(r"redis\.p?call\(\s*'(\w+)'", script.source)
 }))
-#: The commands txlock sends itself (beside the scripts).
-CLIENT_COMMANDS = ("EVALSHA", "EVAL", "HGET", "SCAN", "HMGET", "PTTL", "ZCARD", "SUBSCRIBE")
+#: The commands txlock sends itself (beside the scripts; ``WAIT`` with ``wait_replicas``).
+CLIENT_COMMANDS = ("EVALSHA", "EVAL", "HGET", "SCAN", "HMGET", "PTTL", "ZCARD", "SUBSCRIBE", "WAIT")
 
 
 def checks(manager: RedisLockManager, scratch: str) -> Findings:
@@ -267,6 +267,7 @@ def sample_arguments(command: str, keys: list[bytes], channel: str) -> list[Any]
     hold, queue, entries, watchers = keys
     samples: dict[str, list[Any]] = {
         "DEL": [entries], "EXISTS": [queue], "HDEL": [hold, "holder"], "HGET": [hold, "holder"],
+        "HEXISTS": [hold, "holder"], "INFO": ["cluster"], "WAIT": ["0", "1"],
         "HMGET": [hold, "holder"], "HSET": [hold, "holder", "x"], "HVALS": [entries], "PEXPIRE": [hold, "1000"],
         "PTTL": [hold], "PUBLISH": [channel, "x"], "SADD": [watchers, "x"], "SMEMBERS": [watchers],
         "SREM": [watchers, "x"], "TIME": [], "ZADD": [queue, "1", "x"], "ZRANGE": [queue, "0", "-1"],
