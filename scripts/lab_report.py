@@ -93,10 +93,12 @@ def _cell(value: Any, name: str = "") -> str:
         parts = [value[k] for k in ("p50", "p99", "max")]
         if all(p is None for p in parts):
             return "n/a"
-        show = _duration if name.endswith("_s") else (lambda v: f"{v:.3g}")
+        show = (_duration if name.endswith("_s") else (lambda v: f"{v:.3g} ms") if name.endswith("_ms")
+                else (lambda v: f"{v:.3g}"))
         return " / ".join("n/a" if p is None else show(p) for p in parts)
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_cell(v, k)}" for k, v in value.items()) or "none"
+    if isinstance(value, dict):  # named parts: each keeps the unit of the whole
+        unit = next((u for u in ("_ms", "_s") if name.endswith(u)), "")
+        return ", ".join(f"{k} {_cell(v, k + unit)}" for k, v in value.items()) or "none"
     if isinstance(value, float) and name.endswith("_s"):
         return _duration(value)
     if isinstance(value, float) and name.endswith("_ms"):
