@@ -11,13 +11,16 @@ Thread-safe: signals arrive on listener threads while waiters register from any 
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from txlock import _scheduler
 from txlock._waiter import Waiter
 
-__all__ = ["WaiterTable"]
+__all__ = ["TIMER_RETRY", "HoldTimers", "WaiterTable"]
 
 C = TypeVar("C", bound=Hashable)
 E = TypeVar("E")
@@ -109,3 +112,78 @@ class WaiterTable(Generic[C, E]):
         """In a child made by ``fork``: the waiting threads and loops do not exist there."""
         self.mutex = threading.Lock()
         self.channels = {}
+
+
+#: When the waiter a key's timer woke did not look again (it was leaving), the timer wakes
+#: the key's waiters again this much later.
+TIMER_RETRY = 1.0
+
+
+class _KeyTimer:
+    """One key's timer: when the hold ends (``due``, monotonic), when its job runs next
+    (``at``), and the job."""
+
+    __slots__ = ("at", "due", "job")
+
+    def __init__(self, due: float, at: float, job: _scheduler.Job) -> None:
+        self.due = due
+        self.at = at
+        self.job = job
+
+
+class HoldTimers(Generic[C]):
+    """One timer per waiting key, however many calls of this process wait on it: when the
+    hold a look found ends without a release (its time ran out: nothing is published), the
+    key's waiters are woken to look again. The timers run on the lease-watch thread and do
+    no I/O.
+
+    ``mutex`` is the backend's own lock over its waiting state: :meth:`arm` and
+    :meth:`cancel` are called with it held; the timer takes it to read ``wanted(key)``
+    (does any call of this process still wait on ``key``?) and calls ``wake(key)`` after
+    releasing it.
+    """
+
+    __slots__ = ("mutex", "name", "timers", "wake", "wanted")
+
+    def __init__(self, mutex: threading.Lock, name: str, wanted: Callable[[C], bool],
+                 wake: Callable[[C], object]) -> None:
+        self.mutex = mutex
+        self.name = name
+        self.wanted = wanted
+        self.wake = wake
+        self.timers: dict[C, _KeyTimer] = {}
+
+    def arm(self, key: C, seconds: float) -> None:
+        """A look found ``key`` taken for ``seconds`` more: look again then, unless a release
+        or a later look says otherwise (call with ``mutex`` held)."""
+        due = time.monotonic() + seconds
+        timer = self.timers.get(key)
+        if timer is not None:
+            if timer.at <= due:  # it runs first and then waits for the rest
+                timer.due = due
+                return
+            timer.job.cancel()
+        job = _scheduler.watch(functools.partial(self._expired, key), max(seconds, 0.0), name=self.name)
+        self.timers[key] = _KeyTimer(due, due, job)
+
+    def cancel(self, key: C) -> None:
+        """No call waits on ``key`` any more (call with ``mutex`` held)."""
+        timer = self.timers.pop(key, None)
+        if timer is not None:
+            timer.job.cancel()
+
+    def _expired(self, key: C) -> bool | float:
+        with self.mutex:
+            timer = self.timers.get(key)
+            if timer is None:
+                return False
+            if not self.wanted(key):
+                del self.timers[key]
+                return False
+            now = time.monotonic()
+            if timer.due > now:  # a later look found the hold renewed
+                timer.at = timer.due
+                return timer.due - now
+            timer.due = timer.at = now + TIMER_RETRY  # unless a look sets it anew
+        self.wake(key)
+        return TIMER_RETRY

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import select
 import threading
-import time
 import uuid
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from txlock import _scheduler
 from txlock._types import Lease
 from txlock._waiter import Waiter
-from txlock._waitlist import WaiterTable
+from txlock._waitlist import HoldTimers, WaiterTable
 from txlock.backends.postgres._config import scrub
 
 __all__ = ["BACKEND_PID", "POLL_INTERVAL", "Listener", "Registration"]
@@ -36,23 +33,6 @@ log = logging.getLogger("txlock.postgres")
 POLL_INTERVAL = 0.05
 #: Asked once per connection: a proxy announces a backend pid that differs from the real one.
 BACKEND_PID = "SELECT pg_backend_pid()"
-#: When the waiter a key's timer woke did not look (it was leaving), the timer wakes the
-#: key's waiters again this much later.
-TIMER_RETRY = 1.0
-
-
-class _KeyTimer:
-    """The hold-end timer of one waiting key: when it is due (``due``, monotonic), when its
-    job runs next (``at``), and the job."""
-
-    __slots__ = ("at", "due", "job")
-
-    def __init__(self, due: float, at: float, job: _scheduler.Job) -> None:
-        self.due = due
-        self.at = at
-        self.job = job
-
-
 class Registration:
     """What a waiter of this backend carries in ``Waiter.data`` (and the listener's table)."""
 
@@ -101,7 +81,10 @@ class Listener:
         self.waiters: WaiterTable[tuple[str, str], Registration] = WaiterTable()
         #: Per waiting (channel, key tag): the timer that wakes its waiters when the hold
         #: (or the ticket ahead) last seen runs out (under ``mutex``).
-        self.timers: dict[tuple[str, str], _KeyTimer] = {}
+        self.timers: HoldTimers[tuple[str, str]] = HoldTimers(
+            self.mutex, "txlock postgres hold end", lambda where: self.waiters.count(where) > 0,
+            lambda where: self._dispatch(*where),
+        )
         self.users: dict[str, int] = {}  # channel -> number of stores using it
         self.subscriptions: dict[str, concurrent.futures.Future[bool]] = {}
         self.listening: set[str] = set()
@@ -184,39 +167,11 @@ class Listener:
 
     def arm(self, channel: str, key_tag: str, seconds: float) -> None:
         """A waiter's look found the key taken for ``seconds`` more (a hold, or a ticket
-        ahead of it, as far as the server knows now): look again then, unless a release or
-        a later look says otherwise. One timer per key, however many calls wait on it."""
-        where = (channel, key_tag)
-        due = time.monotonic() + seconds
+        ahead of it, as far as the server knows now): look again then (waking the oldest
+        local queued acquirer and every watcher, as a "free" notification would), unless a
+        release or a later look says otherwise. One timer per key, however many calls wait."""
         with self.mutex:
-            timer = self.timers.get(where)
-            if timer is not None:
-                if timer.at <= due:  # it runs first and then waits for the rest
-                    timer.due = due
-                    return
-                timer.job.cancel()
-            job = _scheduler.watch(functools.partial(self._expired, where), max(seconds, 0.0),
-                                   name="txlock postgres hold end")
-            self.timers[where] = _KeyTimer(due, due, job)
-
-    def _expired(self, where: tuple[str, str]) -> bool | float:
-        """The timer of one key (on the lease-watch thread, no I/O): when the hold's time is
-        up, wake the key's waiters as a "free" notification would (the oldest local queued
-        acquirer, and every watcher), whose looks take the key or find it taken anew."""
-        with self.mutex:
-            timer = self.timers.get(where)
-            if timer is None:
-                return False
-            if not self.waiters.count(where):
-                del self.timers[where]
-                return False
-            now = time.monotonic()
-            if timer.due > now:  # a later look found the hold renewed
-                timer.at = timer.due
-                return timer.due - now
-            timer.due = timer.at = now + TIMER_RETRY  # unless a look sets it anew
-        self._dispatch(*where)
-        return TIMER_RETRY
+            self.timers.arm((channel, key_tag), seconds)
 
     def count_key(self, channel: str, key_tag: str) -> int:
         return self.waiters.count((channel, key_tag))

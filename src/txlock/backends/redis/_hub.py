@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import math
@@ -38,7 +37,7 @@ from txlock._errors import BackendUnavailable
 from txlock._per_process import PerProcess
 from txlock._types import Lease
 from txlock._waiter import Waiter
-from txlock._waitlist import WaiterTable
+from txlock._waitlist import HoldTimers, WaiterTable
 from txlock.backends.redis._connection import DRIVER_ERRORS, translate
 from txlock.backends.redis._requests import lease_of
 from txlock.backends.redis._scripts import HEARTBEAT
@@ -59,9 +58,6 @@ WAITERS_PER_UNIT = 500
 #: kept by the heartbeat, which also wakes it if the entry is gone (a lost grant message);
 #: the end of the hold is watched per key; a reconnected listener wakes every waiter.
 SAFETY_NET = 60.0
-#: When the waiter a key's timer woke did not look (it was leaving), the timer wakes the
-#: next local waiter of that key this much later.
-TIMER_RETRY = 1.0
 
 
 class WaitState:
@@ -115,7 +111,9 @@ class Hub:
         self.waiting: dict[bytes, dict[Waiter, WaitState]] = {}
         #: Per waiting key: when (``time.monotonic()``) its hold runs out as last seen, and
         #: the lease-watch job that wakes a local waiter then (under ``lock``).
-        self._timers: dict[bytes, _KeyTimer] = {}
+        self._timers: HoldTimers[bytes] = HoldTimers(
+            self.lock, "txlock redis hold end", lambda hold_key: bool(self.waiting.get(hold_key)), self._wake_first
+        )
         self._ids = itertools.count(1)
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,9 +154,7 @@ class Hub:
             local = self.waiting.get(state.hold_key)
             if local is not None and local.pop(waiter, None) is not None and not local:
                 del self.waiting[state.hold_key]
-                timer = self._timers.pop(state.hold_key, None)
-                if timer is not None:
-                    timer.job.cancel()
+                self._timers.cancel(state.hold_key)
 
     def queued(self, state: WaitState, seconds_left: float) -> None:
         """A look of ``state``'s call found the key held for ``seconds_left`` more seconds
@@ -169,33 +165,15 @@ class Hub:
                 return  # the call left meanwhile
             state.queued = True
             self._need_beat(state.liveness_ms / 3000)
-            due = time.monotonic() + seconds_left
-            timer = self._timers.get(state.hold_key)
-            if timer is not None:
-                if timer.at <= due:  # it runs first and then waits for the rest
-                    timer.due = due
-                    return
-                timer.job.cancel()
-            job = _scheduler.watch(functools.partial(self._expired, state.hold_key), max(seconds_left, 0.0),
-                                   name="txlock redis hold end")
-            self._timers[state.hold_key] = _KeyTimer(due, due, job)
+            self._timers.arm(state.hold_key, seconds_left)
 
-    def _expired(self, hold_key: bytes) -> bool | float:
-        """The timer of ``hold_key`` (on the lease-watch thread, no I/O): when the hold's
-        time is up, wake the first local waiter of the key, whose look hands it on."""
+    def _wake_first(self, hold_key: bytes) -> None:
+        """The hold on ``hold_key`` ran out: wake the first local waiter, whose look hands it on."""
         with self.lock:
-            timer = self._timers.get(hold_key)
             local = self.waiting.get(hold_key)
-            if timer is None or not local:
-                return False
-            now = time.monotonic()
-            if timer.due > now:  # a later look found the hold renewed
-                timer.at = timer.due
-                return timer.due - now
-            timer.due = timer.at = now + TIMER_RETRY  # unless the waiter's look sets it anew
-            first = next(iter(local))
-        first.wake()
-        return TIMER_RETRY
+            first = next(iter(local)) if local else None
+        if first is not None:
+            first.wake()
 
     def track(self, hold_key: bytes, lease: Lease, liveness_ms: int) -> Lease:
         """Put a process-bound hold under the heartbeat (or take a timed one off it)."""
@@ -433,18 +411,6 @@ Held: TypeAlias = tuple[bytes, tuple[bytes, int]]
 #: What the heartbeat keeps alive for one waiting key: (hold key, liveness ms, ids of the
 #: queued acquirers, ids of the registered watchers).
 Unit: TypeAlias = tuple[bytes, int, list[str], list[str]]
-
-
-class _KeyTimer:
-    """The hold-end timer of one waiting key: when it is due (``due``, monotonic), when its
-    job runs next (``at``), and the job."""
-
-    __slots__ = ("at", "due", "job")
-
-    def __init__(self, due: float, at: float, job: _scheduler.Job) -> None:
-        self.due = due
-        self.at = at
-        self.job = job
 
 
 class Unconfirmed(RedisError):
