@@ -222,3 +222,93 @@ def test_redis_max_connections_option_bounds_the_pool_and_is_checked(request: py
         assert manager._client().connection_pool.max_connections == 2
     finally:
         manager.close()
+
+
+# ------------------------------------------------- no connection before the deadline
+
+
+def _occupy_every_connection(manager: txlock.BaseLockManager) -> tuple[Any, Any]:
+    """Take every connection permit of ``manager``'s threads, as calls in flight would:
+    returns the permits' semaphore and how many were taken."""
+    from txlock.backends.postgres import PostgresLockManager
+    from txlock.backends.redis import RedisLockManager
+
+    if isinstance(manager, RedisLockManager):
+        semaphore, size = manager._gate.threads, manager._gate.size
+    else:
+        assert isinstance(manager, PostgresLockManager)
+        from txlock.backends.postgres._query import MAX_CONNECTIONS
+
+        semaphore, size = manager._store.connections.slots.semaphore, MAX_CONNECTIONS
+    for _ in range(size):
+        assert semaphore.acquire(timeout=30), "a connection permit stayed taken"
+    return semaphore, size
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_timed_call_that_never_gets_a_connection_times_out_instead_of_failing(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    # Found by the fault lab (hostile load): a call that queued for a connection past its
+    # deadline ended with BackendUnavailable although nothing was sent. It is a timeout.
+    url = url_for(backend, request, request.getfixturevalue("tmp_path"))
+    manager = txlock.from_url(url)
+    try:
+        manager.acquire_lock("warm", "w")  # a connection exists and the store is set up
+        manager.release_lock("warm", "w")
+        semaphore, size = _occupy_every_connection(manager)
+        try:
+            assert manager.acquire_lock("k", "a", acquire_timeout=0.05) is False
+            assert manager.acquire_lease("k", "a", timeout=0) is None
+            assert manager.wait_for_lock("k", timeout=0.05) is False
+            with pytest.raises(txlock.LockTimeout), manager.lock("k", "a", timeout=0.05):
+                pass
+        finally:
+            for _ in range(size):
+                semaphore.release()
+        # Nothing was sent, so nothing is held and the key is still free for anyone.
+        assert manager.is_locked("k") is False
+        assert manager.acquire_lock("k", "b", acquire_timeout=5)
+        manager.release_lock("k", "b")
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_timed_task_that_never_gets_a_connection_times_out_instead_of_failing(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = url_for(backend, request, request.getfixturevalue("tmp_path"))
+    manager = txlock.from_url(url)
+
+    async def scenario() -> None:
+        await manager.aacquire_lock("warm", "w")
+        manager.release_lock("warm", "w")
+        # Take every task permit of this loop, as calls in flight would hold them.
+        from txlock.backends.redis import RedisLockManager
+
+        if isinstance(manager, RedisLockManager):
+            semaphore, size = manager._gate.tasks(), manager._gate.size
+        else:
+            from txlock.backends.postgres._query import MAX_CONNECTIONS
+
+            semaphore, size = manager._store.async_connections.slots._semaphore(), MAX_CONNECTIONS
+        for _ in range(size):
+            await semaphore.acquire()
+        try:
+            assert await manager.aacquire_lock("k", "a", acquire_timeout=0.05) is False
+            assert await manager.aacquire_lease("k", "a", timeout=0) is None
+            assert await manager.await_for_lock("k", timeout=0.05) is False
+        finally:
+            for _ in range(size):
+                semaphore.release()
+        assert await manager.ais_locked("k") is False
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        manager.close()

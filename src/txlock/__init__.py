@@ -27,6 +27,7 @@ from txlock._errors import (
     LockTimeout,
     MissingDependency,
     NotLockHolder,
+    NotSent,
 )
 from txlock._manager import BaseLockManager, LockContext, default_holder
 from txlock._observe import EVENT_KINDS, LockEvent, Observer, ObserverLike, add_observer, remove_observer
@@ -61,6 +62,7 @@ __all__ = [
     "MemoryLockManager",
     "MissingDependency",
     "NotLockHolder",
+    "NotSent",
     "Observer",
     "ObserverLike",
     "PostgresLockManager",

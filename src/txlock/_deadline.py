@@ -14,7 +14,14 @@ import math
 import time
 from contextvars import ContextVar, Token
 
-__all__ = ["DEADLINE_MARGIN", "DeadlineScope", "call_budget", "deadline_scope", "monotonic_deadline"]
+__all__ = [
+    "DEADLINE_MARGIN",
+    "DeadlineScope",
+    "call_budget",
+    "deadline_scope",
+    "monotonic_deadline",
+    "queue_budget",
+]
 
 #: Seconds past its deadline that an acquire or wait may take when the store does not
 #: answer: every network call it makes is cut off after the time left plus this margin, so
@@ -37,6 +44,16 @@ def call_budget() -> float | None:
     if deadline is None:
         return None
     return max(deadline - time.monotonic() + _call_margin.get(), MIN_BUDGET)
+
+
+def queue_budget() -> float | None:
+    """Seconds the current call may wait for a free connection before it sends anything,
+    or ``None`` when nothing bounds it: until its deadline plus half the margin, so that a
+    request sent at the last moment still has the other half for its round trip."""
+    deadline = _call_deadline.get()
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic() + _call_margin.get() / 2, MIN_BUDGET)
 
 
 def monotonic_deadline(timeout: float | None) -> float:

@@ -32,6 +32,7 @@ __all__ = [
     "LockTimeout",
     "MissingDependency",
     "NotLockHolder",
+    "NotSent",
 ]
 
 
@@ -107,6 +108,13 @@ class BackendError(LockError):
 
 class BackendUnavailable(BackendError, ConnectionError):
     """The lock store could not be reached. The next call tries again."""
+
+
+class NotSent(BackendUnavailable):
+    """Nothing was sent to the store: every connection this process may use stayed busy
+    until the call's deadline. Unlike other :class:`BackendUnavailable` errors the outcome
+    is known (the store was not asked), so an acquire or wait that meets it past its
+    deadline ends as a plain timeout; txlock raises it only where no deadline applies."""
 
 
 class CorruptRecord(BackendError):

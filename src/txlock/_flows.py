@@ -18,7 +18,10 @@ The waiting logic is written once too, as generators (:func:`acquire_flow`,
   if woken;
 * :data:`NEW_WAITER`: send back a new waiter of the driver's world;
 * :data:`CHECKPOINT`: nothing to do; where a cancellation that arrived while a request was
-  in flight is delivered, now that the flow knows the outcome.
+  in flight is delivered, now that the flow knows the outcome;
+* a :class:`Cleanup`: run its request (a withdrawal, a release) on a budget of its own,
+  again while it could not even be sent: the call's deadline may have passed, and a queue
+  entry or grant left behind would be handed a lock no one takes.
 
 :func:`run_flow` runs those steps with blocking calls; :func:`arun_flow` with ``await``.
 The drivers hold no locking logic, only the mechanics of their world.
@@ -32,8 +35,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
-from txlock._deadline import monotonic_deadline
-from txlock._errors import BackendUnavailable
+from txlock._deadline import DeadlineScope, monotonic_deadline
+from txlock._errors import BackendUnavailable, NotSent
 from txlock._observe import note_contended
 from txlock._types import Busy, Lease
 from txlock._waiter import AsyncWaiter, ThreadWaiter, Waiter
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT",
     "NEW_WAITER",
+    "Cleanup",
     "Flow",
     "Request",
     "Sleep",
@@ -88,6 +92,16 @@ class Sleep:
         self.seconds = seconds
 
 
+class Cleanup:
+    """Step: run ``request`` whatever the call's deadline, with a fresh budget of its own
+    (:data:`~txlock._deadline.DEADLINE_MARGIN`), again while it is :class:`NotSent`."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Request[Any]) -> None:
+        self.request = request
+
+
 class _Marker(enum.Enum):
     NEW_WAITER = "new waiter"
     CHECKPOINT = "checkpoint"
@@ -98,7 +112,7 @@ NEW_WAITER: Final = _Marker.NEW_WAITER
 #: Step: nothing to do; a deferred cancellation is delivered here.
 CHECKPOINT: Final = _Marker.CHECKPOINT
 
-Step: TypeAlias = Request[Any] | Sleep | _Marker
+Step: TypeAlias = Request[Any] | Sleep | Cleanup | _Marker
 Flow: TypeAlias = Generator[Step, Any, T]
 
 
@@ -116,7 +130,10 @@ def acquire_flow(
     outage = 0.0
     try:
         if result is None:
-            result = yield manager._try_acquire(key, holder, ttl, None)
+            try:
+                result = yield manager._try_acquire(key, holder, ttl, None)
+            except NotSent:
+                return None  # no connection came free before the deadline: a plain timeout
         if not isinstance(result, Lease):
             note_contended()  # the contended path only: one context-variable read
         while not isinstance(result, Lease):
@@ -125,7 +142,7 @@ def acquire_flow(
                 if waiter is None:
                     return None
                 # The backend may have handed us the lock as we gave up: keep it.
-                result = yield manager._withdraw(key, waiter)
+                result = yield Cleanup(manager._withdraw(key, waiter))
                 waiter = None
                 if result is None:
                     return None
@@ -143,6 +160,15 @@ def acquire_flow(
             try:
                 result = yield manager._try_acquire(key, holder, ttl, waiter)
                 outage = 0.0
+            except NotSent:
+                # Every connection stayed busy past the call's deadline (NotSent means
+                # that) and the look was never sent: a plain timeout. The waiter may be
+                # queued from earlier looks: withdraw it, keeping a hand-off that landed.
+                result = yield Cleanup(manager._withdraw(key, waiter))
+                waiter = None
+                if result is None:
+                    return None
+                break
             except BackendUnavailable:
                 # A waiter rides out a store that went away (a restart, a failover) until
                 # its deadline, looking again with backoff; a look whose reply was lost may
@@ -162,16 +188,19 @@ def acquire_flow(
         # that landed is released, which hands the lock on to the next waiter.
         late = None
         if waiter is not None:
-            late = yield manager._withdraw(key, waiter)
+            late = yield Cleanup(manager._withdraw(key, waiter))
         if late is not None or isinstance(result, Lease):
-            yield manager._release(key, holder)
+            yield Cleanup(manager._release(key, holder))
         raise
 
 
 def wait_flow(manager: BaseLockManager, key: str, timeout: float | None) -> Flow[bool]:
     """Wait until ``key`` is free, without taking it; ``False`` on timeout."""
     deadline = monotonic_deadline(timeout)
-    state = yield manager._watch(key, None)
+    try:
+        state = yield manager._watch(key, None)
+    except NotSent:
+        return False  # no connection came free before the deadline: a plain timeout
     if state is None:
         return True
     if deadline <= time.monotonic():
@@ -179,7 +208,10 @@ def wait_flow(manager: BaseLockManager, key: str, timeout: float | None) -> Flow
     waiter = yield NEW_WAITER
     try:
         while True:
-            state = yield manager._watch(key, waiter)
+            try:
+                state = yield manager._watch(key, waiter)
+            except NotSent:
+                return False  # as above; the waiter is withdrawn below
             if state is None:
                 return True
             remaining = deadline - time.monotonic()
@@ -187,7 +219,7 @@ def wait_flow(manager: BaseLockManager, key: str, timeout: float | None) -> Flow
                 return False
             yield Sleep(waiter, min(remaining, state.retry_after))
     finally:
-        yield manager._withdraw(key, waiter)
+        yield Cleanup(manager._withdraw(key, waiter))
 
 
 def run_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
@@ -210,10 +242,43 @@ def run_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
                 value = waiter.wait(step.seconds)
             elif step is NEW_WAITER:
                 value = ThreadWaiter()
+            elif type(step) is Cleanup:
+                value = _clean_up(manager, step.request)
             else:
                 value = None
         except BaseException as error:  # KeyboardInterrupt too: the flow cleans up
             exc = error
+
+
+def _clean_up(manager: BaseLockManager, request: Request[Any]) -> Any:
+    work, read = request
+    if read is None:
+        return work
+    while True:
+        try:
+            with DeadlineScope(0.0):
+                return read(manager._exec(work))
+        except NotSent:
+            continue  # nothing was sent: ask again, on a fresh budget
+
+
+async def _aclean_up(manager: BaseLockManager, request: Request[Any]) -> tuple[Any, BaseException | None]:
+    work, read = request
+    if read is None:
+        return work, None
+    deferred: BaseException | None = None
+    while True:
+        try:
+            with DeadlineScope(0.0):  # the task made below copies the context, deadline included
+                call = manager._aexec(work)
+                if manager._async_io:
+                    reply, cancel = await _complete(call)
+                    deferred = deferred or cancel
+                else:
+                    reply = await call
+            return read(reply), deferred
+        except NotSent:
+            continue  # nothing was sent: ask again, on a fresh budget
 
 
 async def arun_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
@@ -255,6 +320,8 @@ async def arun_flow(manager: BaseLockManager, flow: Flow[T]) -> T:
                 value = await waiter.wait(step.seconds)
             elif step is NEW_WAITER:
                 value = AsyncWaiter()
+            elif type(step) is Cleanup:
+                value, deferred = await _aclean_up(manager, step.request)
             else:
                 value = None
         except BaseException as error:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from txlock._context import LockContext, default_holder
 from txlock._deadline import DeadlineScope, deadline_scope
-from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder
+from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder, NotSent
 from txlock._flows import NOTHING, Request, acquire_flow, arun_flow, run_flow, wait_flow
 from txlock._observe import Emitter, ObservedAcquire, ObserverLike, observing
 from txlock._observe import process_observers as _process_observers
@@ -413,7 +413,10 @@ class BaseLockManager:
             with scope:  # the same call, now with the deadline set
                 return self.acquire_lease(key, holder, wait, ttl)
         work, read = self._try_acquire(key, holder, ttl, None)
-        first = work if read is None else read(self._exec(work))
+        try:
+            first = work if read is None else read(self._exec(work))
+        except NotSent:  # no connection came free before the deadline: nothing was asked
+            return self._acquired(key, wait, None)
         if isinstance(first, Lease):
             return first
         return self._acquired(key, wait, run_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))

@@ -11,14 +11,14 @@ import concurrent.futures
 import threading
 import weakref
 
-from txlock._deadline import call_budget
-from txlock._errors import BackendUnavailable
+from txlock._deadline import queue_budget
+from txlock._errors import NotSent
 
 __all__ = ["AsyncSlots", "Slots", "async_wait_for", "wait_for"]
 
 
-def _no_slot(budget: float | None) -> BackendUnavailable:
-    return BackendUnavailable(
+def _no_slot(budget: float | None) -> NotSent:
+    return NotSent(
         f"every connection this process may open to the database stayed busy for {budget or 0:.3g}s, past the"
         " call's deadline; make fewer calls at once, or pass pool= / async_pool= (psycopg_pool pools sized for them)"
     )
@@ -31,7 +31,7 @@ class Slots:
         self.semaphore = threading.Semaphore(size)
 
     def acquire(self) -> None:
-        budget = call_budget()  # a call with a deadline waits for a connection no longer
+        budget = queue_budget()  # a call with a deadline waits for a connection no longer
         if not self.semaphore.acquire(timeout=budget):
             raise _no_slot(budget)
 
@@ -59,7 +59,7 @@ class AsyncSlots:
             return semaphore
 
     async def acquire(self) -> None:
-        budget = call_budget()  # a call with a deadline waits for a connection no longer
+        budget = queue_budget()  # a call with a deadline waits for a connection no longer
         if budget is None:
             await self._semaphore().acquire()
             return

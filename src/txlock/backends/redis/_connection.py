@@ -23,8 +23,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from txlock._deadline import DEADLINE_MARGIN, call_budget
-from txlock._errors import BackendError, BackendUnavailable
+from txlock._deadline import DEADLINE_MARGIN, call_budget, queue_budget
+from txlock._errors import BackendError, BackendUnavailable, NotSent
 from txlock._options import hide_password
 from txlock.backends.redis._url import RedisUrl, SentinelTarget
 
@@ -289,6 +289,34 @@ class Gate:
         self.threads = threading.BoundedSemaphore(size)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
+        )
+
+    def enter(self) -> None:
+        """Take a connection for this thread; :class:`NotSent` when none came free within
+        the call's deadline (plus half its margin)."""
+        budget = queue_budget()
+        if not self.threads.acquire(timeout=budget):
+            raise self.not_sent(budget)
+
+    async def aenter(self) -> asyncio.Semaphore:
+        """Take a connection for this task; returns the semaphore to release."""
+        semaphore = self.tasks()
+        budget = queue_budget()
+        if budget is None:
+            await semaphore.acquire()
+            return semaphore
+        try:
+            async with asyncio.timeout(budget):
+                await semaphore.acquire()
+        except TimeoutError:
+            raise self.not_sent(budget) from None
+        return semaphore
+
+    def not_sent(self, budget: float | None) -> NotSent:
+        """The error of a caller that waited ``budget`` seconds for a connection in vain."""
+        return NotSent(
+            f"all {self.size} connections to Redis stayed busy for {budget or 0:.3g}s, past the call's"
+            " deadline; make fewer calls at once, or raise max_connections in the URL"
         )
 
     def tasks(self) -> asyncio.Semaphore:

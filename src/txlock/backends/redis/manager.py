@@ -317,7 +317,8 @@ class RedisLockManager(BaseLockManager):
             timeout = hub.start()
             if not hub.ready.wait(timeout):
                 raise hub.not_ready(timeout)
-        with self._gate.threads:
+        self._gate.enter()
+        try:
             try:
                 client = self._clients.sync()
                 if type(work) is Confirmed:
@@ -354,7 +355,9 @@ class RedisLockManager(BaseLockManager):
                     return names, (pipe.execute() if names else [])
             except DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
-        raise self._unconfirmed(work, *unconfirmed)
+            raise self._unconfirmed(work, *unconfirmed)
+        finally:
+            self._gate.threads.release()
 
     async def _aexec(self, work: Work) -> Any:
         call = work.call if type(work) is Confirmed else work
@@ -365,7 +368,8 @@ class RedisLockManager(BaseLockManager):
                 raise hub.not_ready(timeout)
         if self._athread:
             return await asyncio.to_thread(self._exec, work)
-        async with self._gate.tasks():
+        semaphore = await self._gate.aenter()
+        try:
             try:
                 client = await self._clients.of_this_loop()
                 if type(work) is Confirmed:
@@ -402,7 +406,9 @@ class RedisLockManager(BaseLockManager):
                     return names, (await pipe.execute() if names else [])
             except DRIVER_ERRORS as exc:
                 raise self._error(exc) from exc
-        raise self._unconfirmed(work, *unconfirmed)
+            raise self._unconfirmed(work, *unconfirmed)
+        finally:
+            semaphore.release()
 
     def _unconfirmed(
         self, work: Confirmed, held: int, acked: int, seconds: float, undone: bool | BackendError | None
