@@ -1087,3 +1087,34 @@ def test_a_server_restart_during_contention_keeps_exclusion(
             if p.is_alive():
                 p.kill()
     assert check_log(log.read_text().splitlines()) >= 400
+
+
+def test_a_hold_handed_to_a_waiter_of_the_same_process_keeps_its_heartbeat(shared_url: str) -> None:
+    # Found by the fault lab (hostile load): A releases and the release hands the key to B,
+    # a waiter of the same process. B's grant and A's release are noted by two threads (the
+    # listener's and A's) in either order. When B's came first, A's release made the process
+    # forget that it held the key at all, the heartbeat stopped renewing B's hold, and B lost
+    # it after `liveness` while still inside its critical section (NotLockHolder at release).
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", liveness=1.0)
+    digest = m._key("k")[1]
+    try:
+        assert m.acquire_lock("k", "h0")
+        for turn in range(1, 31):
+            got: list[bool] = []
+            t = threading.Thread(target=lambda: got.append(m.acquire_lock("k", f"h{turn}", acquire_timeout=30)))
+            t.start()
+            eventually(lambda: _queued(m, "k", 1), what="the waiter to queue")
+            m.release_lock("k", f"h{turn - 1}")
+            t.join(30)
+            assert got == [True]
+            # Both notes are in: whatever their order, the running hold is renewed.
+            assert digest in m._store.held.digests(), f"turn {turn}: the heartbeat forgot a running hold"
+        # End to end: the last holder keeps the key over several liveness windows.
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            assert m.is_lock_holder("k", "h30")
+            time.sleep(0.1)  # a duration to cover, not an ordering
+        m.release_lock("k", "h30")
+        assert digest not in m._store.held.digests()
+    finally:
+        m.close()

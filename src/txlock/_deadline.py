@@ -17,7 +17,9 @@ from contextvars import ContextVar, Token
 __all__ = [
     "DEADLINE_MARGIN",
     "DeadlineScope",
+    "PatientScope",
     "call_budget",
+    "connection_taken",
     "deadline_scope",
     "monotonic_deadline",
     "queue_budget",
@@ -32,6 +34,9 @@ DEADLINE_MARGIN = 1.0
 _call_deadline: ContextVar[float | None] = ContextVar("txlock_call_deadline", default=None)
 #: The margin granted past that deadline (0 for a hard deadline: a lease renewal).
 _call_margin: ContextVar[float] = ContextVar("txlock_call_margin", default=DEADLINE_MARGIN)
+
+#: True inside a :class:`PatientScope`: waiting for a connection is not bounded.
+_queue_patient: ContextVar[bool] = ContextVar("txlock_queue_patient", default=False)
 
 #: The least budget a network call is given, even past a hard deadline (a zero socket
 #: timeout would mean "do not block" to some drivers, not "give up now").
@@ -49,11 +54,19 @@ def call_budget() -> float | None:
 def queue_budget() -> float | None:
     """Seconds the current call may wait for a free connection before it sends anything,
     or ``None`` when nothing bounds it: until its deadline plus half the margin, so that a
-    request sent at the last moment still has the other half for its round trip."""
+    request sent at the last moment still has the other half for its round trip. Inside a
+    :class:`PatientScope`, unbounded."""
     deadline = _call_deadline.get()
-    if deadline is None:
+    if deadline is None or _queue_patient.get():
         return None
     return max(deadline - time.monotonic() + _call_margin.get() / 2, MIN_BUDGET)
+
+
+def connection_taken() -> None:
+    """Tell the deadline that the current call now has its connection: inside a
+    :class:`PatientScope`, its round trip gets the whole margin from now on."""
+    if _queue_patient.get():
+        _call_deadline.set(time.monotonic())
 
 
 def monotonic_deadline(timeout: float | None) -> float:
@@ -86,6 +99,23 @@ class DeadlineScope:
         _call_deadline.reset(self.reset_token)
         if self.margin_token is not None:
             _call_margin.reset(self.margin_token)
+
+
+class PatientScope:
+    """``with PatientScope():`` for a request that must be made whatever the call's own
+    deadline (withdrawing a queue entry, releasing a grant while a call ends): it waits for
+    a connection in turn, however long the queue, and its round trip, once sent, gets
+    :data:`DEADLINE_MARGIN` (a mute server still cannot keep it)."""
+
+    __slots__ = ("deadline_token", "patient_token")
+
+    def __enter__(self) -> None:
+        self.deadline_token: Token[float | None] = _call_deadline.set(time.monotonic())
+        self.patient_token: Token[bool] = _queue_patient.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _queue_patient.reset(self.patient_token)
+        _call_deadline.reset(self.deadline_token)
 
 
 def deadline_scope(seconds: float | None) -> DeadlineScope | None:

@@ -19,9 +19,9 @@ The waiting logic is written once too, as generators (:func:`acquire_flow`,
 * :data:`NEW_WAITER`: send back a new waiter of the driver's world;
 * :data:`CHECKPOINT`: nothing to do; where a cancellation that arrived while a request was
   in flight is delivered, now that the flow knows the outcome;
-* a :class:`Cleanup`: run its request (a withdrawal, a release) on a budget of its own,
-  again while it could not even be sent: the call's deadline may have passed, and a queue
-  entry or grant left behind would be handed a lock no one takes.
+* a :class:`Cleanup`: run its request (a withdrawal, a release) whatever the call's
+  deadline (:class:`~txlock._deadline.PatientScope`): the deadline may have passed, and a
+  queue entry or grant left behind would be handed a lock no one takes.
 
 :func:`run_flow` runs those steps with blocking calls; :func:`arun_flow` with ``await``.
 The drivers hold no locking logic, only the mechanics of their world.
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
-from txlock._deadline import DeadlineScope, monotonic_deadline
+from txlock._deadline import PatientScope, monotonic_deadline
 from txlock._errors import BackendUnavailable, NotSent
 from txlock._observe import note_contended
 from txlock._types import Busy, Lease
@@ -93,8 +93,8 @@ class Sleep:
 
 
 class Cleanup:
-    """Step: run ``request`` whatever the call's deadline, with a fresh budget of its own
-    (:data:`~txlock._deadline.DEADLINE_MARGIN`), again while it is :class:`NotSent`."""
+    """Step: run ``request`` whatever the call's deadline: in turn for a connection, then
+    with :data:`~txlock._deadline.DEADLINE_MARGIN` for its round trip."""
 
     __slots__ = ("request",)
 
@@ -254,31 +254,20 @@ def _clean_up(manager: BaseLockManager, request: Request[Any]) -> Any:
     work, read = request
     if read is None:
         return work
-    while True:
-        try:
-            with DeadlineScope(0.0):
-                return read(manager._exec(work))
-        except NotSent:
-            continue  # nothing was sent: ask again, on a fresh budget
+    with PatientScope():
+        return read(manager._exec(work))
 
 
 async def _aclean_up(manager: BaseLockManager, request: Request[Any]) -> tuple[Any, BaseException | None]:
     work, read = request
     if read is None:
         return work, None
-    deferred: BaseException | None = None
-    while True:
-        try:
-            with DeadlineScope(0.0):  # the task made below copies the context, deadline included
-                call = manager._aexec(work)
-                if manager._async_io:
-                    reply, cancel = await _complete(call)
-                    deferred = deferred or cancel
-                else:
-                    reply = await call
+    with PatientScope():  # the task made below copies the context, scope included
+        call = manager._aexec(work)
+        if manager._async_io:
+            reply, deferred = await _complete(call)
             return read(reply), deferred
-        except NotSent:
-            continue  # nothing was sent: ask again, on a fresh budget
+        return read(await call), None
 
 
 async def arun_flow(manager: BaseLockManager, flow: Flow[T]) -> T:

@@ -11,7 +11,7 @@ import concurrent.futures
 import threading
 import weakref
 
-from txlock._deadline import queue_budget
+from txlock._deadline import connection_taken, queue_budget
 from txlock._errors import NotSent
 
 __all__ = ["AsyncSlots", "Slots", "async_wait_for", "wait_for"]
@@ -34,6 +34,7 @@ class Slots:
         budget = queue_budget()  # a call with a deadline waits for a connection no longer
         if not self.semaphore.acquire(timeout=budget):
             raise _no_slot(budget)
+        connection_taken()
 
     def release(self) -> None:
         self.semaphore.release()
@@ -62,6 +63,7 @@ class AsyncSlots:
         budget = queue_budget()  # a call with a deadline waits for a connection no longer
         if budget is None:
             await self._semaphore().acquire()
+            connection_taken()
             return
         try:
             async with asyncio.timeout(budget):

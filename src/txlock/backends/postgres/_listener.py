@@ -15,7 +15,7 @@ import os
 import select
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -24,6 +24,9 @@ from txlock._types import Lease
 from txlock._waiter import Waiter
 from txlock._waitlist import HoldTimers, WaiterTable
 from txlock.backends.postgres._config import scrub
+
+if TYPE_CHECKING:
+    from txlock.backends.postgres._store import HeldKeys
 
 __all__ = ["BACKEND_PID", "POLL_INTERVAL", "Listener", "Registration"]
 
@@ -50,7 +53,7 @@ class Registration:
         self.call: tuple[str, str, float | None] | None = None
         #: The store's set of held key hashes (``Store.held``) and this key's hash, to record
         #: a hold without hold_timeout handed to this call.
-        self.held: set[bytes] | None = None
+        self.held: HeldKeys | None = None
         self.digest: bytes | None = None
 
     def lease(self, token: int, expires: float) -> Lease:
@@ -59,7 +62,7 @@ class Registration:
         assert self.call is not None
         key, holder, ttl = self.call
         if ttl is None and self.held is not None and self.digest is not None:
-            self.held.add(self.digest)
+            self.held.add(self.digest, holder)
         return Lease(key, holder, token, None if ttl is None else expires, ttl)
 
 

@@ -51,6 +51,41 @@ _REFUSED = re.compile(
 )
 
 
+class HeldKeys:
+    """The holds without hold_timeout this process knows it has, by key hash and holder.
+
+    By holder, not only by key: a release in this process can hand its key to a waiter of
+    this same process, and the new holder's grant may be noted before the old holder's
+    release is; a set of keys would then forget a hold that is still running, the heartbeat
+    would stop renewing it, and it would lapse after ``liveness`` under its holder."""
+
+    __slots__ = ("mutex", "pairs")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.pairs: set[tuple[bytes, str]] = set()
+
+    def add(self, digest: bytes, holder: str) -> None:
+        """``holder`` holds ``digest``'s key (again: idempotent)."""
+        with self.mutex:
+            self.pairs.add((digest, holder))
+
+    def discard(self, digest: bytes, holder: str) -> None:
+        """``holder``'s hold of ``digest``'s key ended (or never was)."""
+        with self.mutex:
+            self.pairs.discard((digest, holder))
+
+    def forget(self, digest: bytes) -> None:
+        """No hold of ``digest``'s key is left in this process (forced, or lapsed)."""
+        with self.mutex:
+            self.pairs = {pair for pair in self.pairs if pair[0] != digest}
+
+    def digests(self) -> list[bytes]:
+        """The key hashes to renew."""
+        with self.mutex:
+            return list({digest for digest, _ in self.pairs})
+
+
 class Store:
     """Connections, listener and heartbeat shared by every manager of this process that
     names the same database, schema, table and liveness window."""
@@ -85,7 +120,7 @@ class Store:
         #: The key hashes of the holds without hold_timeout this process knows it has: the
         #: heartbeat renews only those (and those handed to its live waiters), so a grant
         #: whose reply was lost is not kept alive by it and ends within ``liveness``.
-        self.held: set[bytes] = set()
+        self.held = HeldKeys()
         # Connection -> whether it reaches the server directly (not through a proxy).
         self.kinds: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.connect_args: dict[str, Any] = {"connect_timeout": "10", **conninfo, "autocommit": True}
@@ -169,7 +204,7 @@ class Store:
             orphans = list(self.orphans)
         params = {
             "owner": self.owner, "liveness": self.liveness, "channel": self.channel, "orphans": orphans,
-            "held": list(self.held),
+            "held": self.held.digests(),
         }
         sent = time.monotonic()
         try:
@@ -182,7 +217,7 @@ class Store:
         lost = rows[0][2] if rows else None
         if lost:
             for key in lost:
-                self.held.discard(hashlib.sha256(bytes(key)).digest())
+                self.held.forget(hashlib.sha256(bytes(key)).digest())
             log.error(
                 "txlock lost %d hold(s) on %s because the heartbeat came too late (the process was paused"
                 " or the server unreachable for more than %gs): %s",

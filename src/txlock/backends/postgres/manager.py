@@ -271,7 +271,7 @@ class PostgresLockManager(BaseLockManager):
 
     def _lease(self, key: str, holder: str, ttl: float | None, row: Sequence[Any]) -> Lease:
         if ttl is None:
-            self._store.held.add(self._key(key)[1])
+            self._store.held.add(self._key(key)[1], holder)
             self._store.need_heartbeat()
         return Lease(key, holder, int(row[0]), None if ttl is None else float(row[2]), ttl)
 
@@ -371,10 +371,8 @@ class PostgresLockManager(BaseLockManager):
         query = Query([store.statements.release], params, then=lambda rows: [] if rows else holder_query)
 
         def read(rows: Rows) -> str | None:
-            other = self._other_holder(holder, rows)
-            if other is None:  # released, or not held: no hold of this process to renew
-                store.held.discard(digest)
-            return other
+            store.held.discard(digest, holder)  # released, or not (or no longer) this holder's
+            return self._other_holder(holder, rows)
 
         return query, read
 
@@ -415,7 +413,7 @@ class PostgresLockManager(BaseLockManager):
         store = self._store
         _, digest, key_tag = self._key(key)
         params = {"key_hash": digest, "channel": store.channel, "payload": key_tag}
-        store.held.discard(digest)
+        store.held.forget(digest)
         return Query([store.statements.force_release], params), bool
 
     def _watch(self, key: str, waiter: Waiter | None) -> Request[Busy | None]:

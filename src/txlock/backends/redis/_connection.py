@@ -23,7 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from txlock._deadline import DEADLINE_MARGIN, call_budget, queue_budget
+from txlock._deadline import DEADLINE_MARGIN, call_budget, connection_taken, queue_budget
 from txlock._errors import BackendError, BackendUnavailable, NotSent
 from txlock._options import hide_password
 from txlock.backends.redis._url import RedisUrl, SentinelTarget
@@ -297,6 +297,7 @@ class Gate:
         budget = queue_budget()
         if not self.threads.acquire(timeout=budget):
             raise self.not_sent(budget)
+        connection_taken()
 
     async def aenter(self) -> asyncio.Semaphore:
         """Take a connection for this task; returns the semaphore to release."""
@@ -304,6 +305,7 @@ class Gate:
         budget = queue_budget()
         if budget is None:
             await semaphore.acquire()
+            connection_taken()
             return semaphore
         try:
             async with asyncio.timeout(budget):
