@@ -1101,7 +1101,10 @@ def test_a_hold_handed_to_a_waiter_of_the_same_process_keeps_its_heartbeat(share
         assert m.acquire_lock("k", "h0")
         for turn in range(1, 31):
             got: list[bool] = []
-            t = threading.Thread(target=lambda: got.append(m.acquire_lock("k", f"h{turn}", acquire_timeout=30)))
+            def take(got: list[bool] = got, turn: int = turn) -> None:
+                got.append(m.acquire_lock("k", f"h{turn}", acquire_timeout=30))
+
+            t = threading.Thread(target=take)
             t.start()
             eventually(lambda: _queued(m, "k", 1), what="the waiter to queue")
             m.release_lock("k", f"h{turn - 1}")

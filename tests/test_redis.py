@@ -757,3 +757,38 @@ def test_a_killed_waiter_is_passed_over_at_the_hand_off(request: pytest.FixtureR
         if doomed.is_alive():
             doomed.kill()
         m.close()
+
+
+@pytest.mark.redis
+def test_a_hold_handed_to_a_waiter_of_the_same_process_keeps_its_heartbeat(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Found by the fault lab (the same race on PostgreSQL): a release that hands the key to
+    # a waiter of its own process; the listener notes the new grant, and the release's own
+    # reply used to take the key off the heartbeat whatever its holder, so the new hold
+    # lapsed after `liveness` (15 of 30 hand-offs in one run).
+    m = txlock.from_url(url_for("redis", request, tmp_path) + "&liveness=1")
+    assert isinstance(m, RedisLockManager)
+    hold_key = m._keys("k")[0]
+    try:
+        assert m.acquire_lock("k", "h0")
+        for turn in range(1, 31):
+            got: list[bool] = []
+            def take(got: list[bool] = got, turn: int = turn) -> None:
+                got.append(m.acquire_lock("k", f"h{turn}", acquire_timeout=30))
+
+            t = threading.Thread(target=take)
+            t.start()
+            eventually(lambda: (info := m.inspect("k")) is not None and info.waiters == 1, what="the waiter to queue")
+            m.release_lock("k", f"h{turn - 1}")
+            t.join(30)
+            assert got == [True]
+            assert hold_key in m._hub().holds, f"turn {turn}: the heartbeat forgot a running hold"
+        deadline = time.monotonic() + 3.5  # several liveness windows
+        while time.monotonic() < deadline:
+            assert m.is_lock_holder("k", "h30")
+            time.sleep(0.1)  # a duration to cover, not an ordering
+        m.release_lock("k", "h30")
+        assert hold_key not in m._hub().holds
+    finally:
+        m.close()

@@ -119,6 +119,10 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.holds: dict[bytes, tuple[bytes, int]] = {}  # hold key -> (token, liveness ms)
+        #: Hold key -> its holder. A release drops the hold only if it is still its own: the
+        #: release may have handed the key to a waiter of this process whose grant was noted
+        #: first (by the listener's thread), and that hold must stay under the heartbeat.
+        self.holders: dict[bytes, str] = {}
         self._renewed: dict[bytes, float] = {}  # hold key -> last successful renewal (monotonic)
         self._failing = False
         #: When (``time.monotonic()``) the last heartbeat that renewed every hold was sent.
@@ -178,7 +182,7 @@ class Hub:
     def track(self, hold_key: bytes, lease: Lease, liveness_ms: int) -> Lease:
         """Put a process-bound hold under the heartbeat (or take a timed one off it)."""
         if lease.ttl is None:
-            self.keep(hold_key, str(lease.token).encode(), liveness_ms)
+            self.keep(hold_key, str(lease.token).encode(), liveness_ms, lease.holder)
         else:
             self.drop(hold_key)
         return lease
@@ -280,10 +284,11 @@ class Hub:
 
     # -- the heartbeat of process-bound holds
 
-    def keep(self, hold_key: bytes, token: bytes, liveness_ms: int) -> None:
+    def keep(self, hold_key: bytes, token: bytes, liveness_ms: int, holder: str) -> None:
         """Renew this hold with the others until it is dropped or found lost."""
         with self.lock:
             self.holds[hold_key] = (token, liveness_ms)
+            self.holders[hold_key] = holder
             self._renewed[hold_key] = time.monotonic()
             self._need_beat(liveness_ms / 3000)
 
@@ -295,13 +300,18 @@ class Hub:
             self._interval = interval
             self._job = _scheduler.schedule(self._beat, interval, name=f"txlock heartbeat {self.where}")
 
-    def drop(self, hold_key: bytes, token: bytes | None = None) -> None:
-        """Stop renewing this hold (only if its grant is ``token``, when given)."""
+    def drop(self, hold_key: bytes, token: bytes | None = None, holder: str | None = None) -> None:
+        """Stop renewing this hold (only if its grant is ``token`` and its holder ``holder``,
+        when given)."""
         with self.lock:
             held = self.holds.get(hold_key)
-            if held is not None and (token is None or held[0] == token):
-                del self.holds[hold_key]
-                self._renewed.pop(hold_key, None)
+            if held is None or (token is not None and held[0] != token):
+                return
+            if holder is not None and self.holders.get(hold_key) != holder:
+                return
+            del self.holds[hold_key]
+            self.holders.pop(hold_key, None)
+            self._renewed.pop(hold_key, None)
 
     def _beat(self) -> bool:
         with self.lock:

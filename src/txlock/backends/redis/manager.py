@@ -489,11 +489,13 @@ class RedisLockManager(BaseLockManager):
     def _release(self, key: str, holder: str) -> Request[str | None]:
         keys = self._keys(key)
         work = ScriptCall(_scripts.RELEASE, keys, [encode(holder), self._liveness_ms, encode(key)])
-        return work, functools.partial(self._read_release, keys[0])
+        return work, functools.partial(self._read_release, keys[0], holder)
 
-    def _read_release(self, hold_key: bytes, reply: Any) -> str | None:
+    def _read_release(self, hold_key: bytes, holder: str, reply: Any) -> str | None:
         if reply == 0:
-            self._hub().drop(hold_key)
+            # Only this holder's hold: the release may have handed the key to a waiter of
+            # this process, whose hold the heartbeat must go on renewing.
+            self._hub().drop(hold_key, holder=holder)
             return None
         return decode(reply)
 
