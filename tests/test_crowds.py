@@ -227,22 +227,24 @@ def test_redis_max_connections_option_bounds_the_pool_and_is_checked(request: py
 # ------------------------------------------------- no connection before the deadline
 
 
-def _occupy_every_connection(manager: txlock.BaseLockManager) -> tuple[Any, Any]:
-    """Take every connection permit of ``manager``'s threads, as calls in flight would:
-    returns the permits' semaphore and how many were taken."""
+def _slots_of(manager: txlock.BaseLockManager) -> Any:
+    """The connection queue (txlock._slots.Slots) of ``manager``."""
     from txlock.backends.postgres import PostgresLockManager
     from txlock.backends.redis import RedisLockManager
 
     if isinstance(manager, RedisLockManager):
-        semaphore, size = manager._gate.threads, manager._gate.size
-    else:
-        assert isinstance(manager, PostgresLockManager)
-        from txlock.backends.postgres._query import MAX_CONNECTIONS
+        return manager._gate
+    assert isinstance(manager, PostgresLockManager)
+    return manager._store.connections.slots.queue
 
-        semaphore, size = manager._store.connections.slots.semaphore, MAX_CONNECTIONS
-    for _ in range(size):
-        assert semaphore.acquire(timeout=30), "a connection permit stayed taken"
-    return semaphore, size
+
+def _occupy_every_connection(manager: txlock.BaseLockManager) -> tuple[Any, int]:
+    """Take every connection slot of ``manager``'s threads, as calls in flight would:
+    returns the slots and how many were taken."""
+    slots = _slots_of(manager)
+    for _ in range(slots.size):
+        assert slots.threads.acquire(30.0, False), "a connection slot stayed taken"
+    return slots.threads, slots.size
 
 
 @pytest.mark.parametrize(
@@ -288,17 +290,16 @@ def test_a_timed_task_that_never_gets_a_connection_times_out_instead_of_failing(
     async def scenario() -> None:
         await manager.aacquire_lock("warm", "w")
         manager.release_lock("warm", "w")
-        # Take every task permit of this loop, as calls in flight would hold them.
-        from txlock.backends.redis import RedisLockManager
-
-        if isinstance(manager, RedisLockManager):
-            semaphore, size = manager._gate.tasks(), manager._gate.size
+        # Take every task slot of this loop, as calls in flight would hold them.
+        if isinstance(manager, txlock.RedisLockManager):
+            semaphore = manager._gate.tasks()
+            size = manager._gate.size
         else:
-            from txlock.backends.postgres._query import MAX_CONNECTIONS
-
-            semaphore, size = manager._store.async_connections.slots._semaphore(), MAX_CONNECTIONS
+            assert isinstance(manager, txlock.PostgresLockManager)
+            semaphore = manager._store.async_connections.slots.queue.tasks()
+            size = manager._store.async_connections.slots.queue.size
         for _ in range(size):
-            await semaphore.acquire()
+            assert await semaphore.acquire(30.0, False)
         try:
             assert await manager.aacquire_lock("k", "a", acquire_timeout=0.05) is False
             assert await manager.aacquire_lease("k", "a", timeout=0) is None

@@ -21,6 +21,7 @@ __all__ = [
     "call_budget",
     "connection_taken",
     "deadline_scope",
+    "is_patient",
     "monotonic_deadline",
     "queue_budget",
 ]
@@ -60,6 +61,11 @@ def queue_budget() -> float | None:
     if deadline is None or _queue_patient.get():
         return None
     return max(deadline - time.monotonic() + _call_margin.get() / 2, MIN_BUDGET)
+
+
+def is_patient() -> bool:
+    """Whether the current request runs inside a :class:`PatientScope`."""
+    return _queue_patient.get()
 
 
 def connection_taken() -> None:

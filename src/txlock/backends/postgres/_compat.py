@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
-import weakref
 
-from txlock._deadline import connection_taken, queue_budget
 from txlock._errors import NotSent
+from txlock._slots import Slots as _Slots
 
 __all__ = ["AsyncSlots", "Slots", "async_wait_for", "wait_for"]
 
@@ -27,52 +25,35 @@ def _no_slot(budget: float | None) -> NotSent:
 class Slots:
     """At most ``size`` connections in use at once, for the threads of this process."""
 
+    __slots__ = ("queue",)
+
     def __init__(self, size: int) -> None:
-        self.semaphore = threading.Semaphore(size)
+        self.queue = _Slots(size, _no_slot)
 
     def acquire(self) -> None:
-        budget = queue_budget()  # a call with a deadline waits for a connection no longer
-        if not self.semaphore.acquire(timeout=budget):
-            raise _no_slot(budget)
-        connection_taken()
+        """Take a connection slot (a call with a deadline waits no longer: NotSent)."""
+        self.queue.enter()
 
     def release(self) -> None:
-        self.semaphore.release()
+        """Give it back."""
+        self.queue.leave()
 
 
 class AsyncSlots:
-    """At most ``size`` connections in use at once, per event loop (an asyncio semaphore
-    belongs to one loop)."""
+    """At most ``size`` connections in use at once, per event loop."""
+
+    __slots__ = ("queue",)
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self.mutex = threading.Lock()
-        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self.mutex:
-            semaphore = self.by_loop.get(loop)
-            if semaphore is None:
-                semaphore = self.by_loop[loop] = asyncio.Semaphore(self.size)
-            return semaphore
+        self.queue = _Slots(size, _no_slot)
 
     async def acquire(self) -> None:
-        budget = queue_budget()  # a call with a deadline waits for a connection no longer
-        if budget is None:
-            await self._semaphore().acquire()
-            connection_taken()
-            return
-        try:
-            async with asyncio.timeout(budget):
-                await self._semaphore().acquire()
-        except TimeoutError:
-            raise _no_slot(budget) from None
+        """Take a connection slot (a call with a deadline waits no longer: NotSent)."""
+        await self.queue.aenter()
 
     def release(self) -> None:
-        self._semaphore().release()
+        """Give it back (from the loop that took it)."""
+        self.queue.tasks().release()
 
 
 def wait_for(future: concurrent.futures.Future[bool]) -> bool:

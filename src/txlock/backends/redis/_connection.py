@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,9 +22,10 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from txlock._deadline import DEADLINE_MARGIN, call_budget, connection_taken, queue_budget
+from txlock._deadline import DEADLINE_MARGIN, call_budget
 from txlock._errors import BackendError, BackendUnavailable, NotSent
 from txlock._options import hide_password
+from txlock._slots import Slots
 from txlock.backends.redis._url import RedisUrl, SentinelTarget
 
 __all__ = [
@@ -276,58 +276,19 @@ def _pool_size(client: Any) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
-class Gate:
+class Gate(Slots):
     """Queues callers for a client's connections: at most ``size`` commands in flight from
     threads (sync) and ``size`` per event loop (async). A caller beyond that waits for a
     connection instead of getting redis-py's ``MaxConnectionsError``; a parked waiter holds
     no connection at all (it waits on its :class:`~txlock._waiter.Waiter`, outside the gate)."""
 
-    __slots__ = ("_loops", "size", "threads")
+    __slots__ = ()
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self.threads = threading.BoundedSemaphore(size)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def enter(self) -> None:
-        """Take a connection for this thread; :class:`NotSent` when none came free within
-        the call's deadline (plus half its margin)."""
-        budget = queue_budget()
-        if not self.threads.acquire(timeout=budget):
-            raise self.not_sent(budget)
-        connection_taken()
-
-    async def aenter(self) -> asyncio.Semaphore:
-        """Take a connection for this task; returns the semaphore to release."""
-        semaphore = self.tasks()
-        budget = queue_budget()
-        if budget is None:
-            await semaphore.acquire()
-            connection_taken()
-            return semaphore
-        try:
-            async with asyncio.timeout(budget):
-                await semaphore.acquire()
-        except TimeoutError:
-            raise self.not_sent(budget) from None
-        return semaphore
-
-    def not_sent(self, budget: float | None) -> NotSent:
-        """The error of a caller that waited ``budget`` seconds for a connection in vain."""
-        return NotSent(
-            f"all {self.size} connections to Redis stayed busy for {budget or 0:.3g}s, past the call's"
+        super().__init__(size, lambda budget: NotSent(
+            f"all {size} connections to Redis stayed busy for {budget or 0:.3g}s, past the call's"
             " deadline; make fewer calls at once, or raise max_connections in the URL"
-        )
-
-    def tasks(self) -> asyncio.Semaphore:
-        """The running loop's semaphore (each loop has its own client, hence its own pool)."""
-        loop = asyncio.get_running_loop()
-        semaphore = self._loops.get(loop)
-        if semaphore is None:
-            semaphore = self._loops.setdefault(loop, asyncio.Semaphore(self.size))
-        return semaphore
+        ))
 
 
 class Clients:

@@ -357,7 +357,7 @@ class RedisLockManager(BaseLockManager):
                 raise self._error(exc) from exc
             raise self._unconfirmed(work, *unconfirmed)
         finally:
-            self._gate.threads.release()
+            self._gate.leave()
 
     async def _aexec(self, work: Work) -> Any:
         call = work.call if type(work) is Confirmed else work
@@ -368,7 +368,7 @@ class RedisLockManager(BaseLockManager):
                 raise hub.not_ready(timeout)
         if self._athread:
             return await asyncio.to_thread(self._exec, work)
-        semaphore = await self._gate.aenter()
+        slots = await self._gate.aenter()
         try:
             try:
                 client = await self._clients.of_this_loop()
@@ -408,7 +408,7 @@ class RedisLockManager(BaseLockManager):
                 raise self._error(exc) from exc
             raise self._unconfirmed(work, *unconfirmed)
         finally:
-            semaphore.release()
+            slots.release()
 
     def _unconfirmed(
         self, work: Confirmed, held: int, acked: int, seconds: float, undone: bool | BackendError | None
