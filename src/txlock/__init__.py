@@ -30,6 +30,7 @@ from txlock._errors import (
     NotSent,
 )
 from txlock._manager import BaseLockManager, LockContext, default_holder
+from txlock._multi import MultiLockContext
 from txlock._observe import EVENT_KINDS, LockEvent, Observer, ObserverLike, add_observer, remove_observer
 from txlock._types import Capabilities, Lease, LockInfo
 from txlock._url import default_url, from_url, register_scheme, schemes
@@ -61,6 +62,7 @@ __all__ = [
     "LockTimeout",
     "MemoryLockManager",
     "MissingDependency",
+    "MultiLockContext",
     "NotLockHolder",
     "NotSent",
     "Observer",

@@ -12,13 +12,14 @@ reply, which the backend's one sync transport (``_exec``) or one async transport
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from txlock._context import LockContext, default_holder
 from txlock._deadline import DeadlineScope, deadline_scope
 from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder, NotSent
 from txlock._flows import NOTHING, Request, acquire_flow, arun_flow, run_flow, wait_flow
+from txlock._multi import MultiLockContext
 from txlock._observe import Emitter, ObservedAcquire, ObserverLike, observing
 from txlock._observe import process_observers as _process_observers
 from txlock._types import Busy, Capabilities, Lease, LockInfo
@@ -576,6 +577,31 @@ class BaseLockManager:
 
     #: The ``async with`` form of :meth:`lock`: the same context object serves both worlds.
     alock = lock
+
+    def lock_many(
+        self,
+        keys: Iterable[str],
+        holder: str | None = None,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> MultiLockContext:
+        """A context manager holding every key of ``keys`` for one ``holder``, all or nothing
+        (an ``async with`` block too: :meth:`alock_many` is this method under its async name).
+
+        The keys are deduplicated and taken in one canonical order (sorted by code point, the
+        byte order of their UTF-8 encoding), so blocks with overlapping key sets never
+        deadlock. ``timeout`` is one deadline for the whole set; when a key cannot be had,
+        or the acquisition is cancelled or fails, every key already taken is released and
+        :class:`~txlock.LockTimeout` (naming that key) or the error propagates. ``ttl`` and
+        ``on_lost`` work per key as in :meth:`lock`. Not atomic: others can see the keys
+        taken one by one. See :class:`~txlock.MultiLockContext` and docs/multi-key.md.
+        """
+        return MultiLockContext(self, keys, holder, timeout, ttl, on_lost)
+
+    #: The ``async with`` form of :meth:`lock_many`: the same context object serves both worlds.
+    alock_many = lock_many
 
 
 def _rebuild(cls: type[BaseLockManager], kwargs: dict[str, Any]) -> BaseLockManager:

@@ -44,44 +44,56 @@ def cmd_run(
     output: Output,
     *,
     url: str | None,
-    key: str,
+    keys: Sequence[str],
     command: Sequence[str],
     holder: str | None,
     timeout: float | None,
     ttl: float | None,
     kill_after: float,
 ) -> int:
-    """``txlock run``: hold ``key`` while ``command`` runs; the command's exit code."""
+    """``txlock run``: hold every key of ``keys`` while ``command`` runs; the command's exit code.
+
+    Several keys are taken all or nothing, in the library's canonical order
+    (:meth:`txlock.BaseLockManager.lock_many`), under one ``--timeout`` for the whole set.
+    """
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]
+    if not keys:
+        raise CliError(USAGE, "usage", "no key to lock; use: txlock run KEY [KEY...] [OPTIONS] -- COMMAND [ARGS...]")
     if not command:
         raise CliError(USAGE, "usage", "no command to run; use: txlock run KEY [OPTIONS] -- COMMAND [ARGS...]")
     holder = txlock.default_holder() if holder is None else holder
-    child = Child(key, output, kill_after)
+    child = Child(keys[0], output, kill_after)
     with translating_errors(url):
         manager = open_store(url)
-        hold = manager.lock(key, holder, timeout=timeout, ttl=ttl, on_lost=lambda lease: child.lose(_LOST_REASON))
+        hold = manager.lock_many(
+            keys, holder, timeout=timeout, ttl=ttl, on_lost=lambda lease: _lose(child, lease.key, _LOST_REASON)
+        )
         try:
-            with interruptible(), WaitLine(manager, key, wants_wait_line(output)):
+            with interruptible(), _KeysWaitLine(manager, hold, wants_wait_line(output)):
                 hold.__enter__()
-        except txlock.LockTimeout:
-            raise timed_out_error(manager, key, timeout) from None
+        except txlock.LockTimeout as error:
+            raise timed_out_error(manager, error.key, timeout) from None
         except Interrupted as stop:
-            output.note(f"interrupted while waiting for {key!r}")
+            output.note(f"interrupted while waiting for {hold.waiting_for or hold.keys[0]!r}")
             return 128 + stop.signal_number
         failed = True
         try:
             with forwarding_signals(child):
-                lease = hold.lease
-                if hold.lost or (lease.expires_at is not None and lease.expires_at <= time.time()):
+                leases = hold.leases
+                now = time.time()
+                ended = [
+                    key for key, lease in leases.items() if lease.expires_at is not None and lease.expires_at <= now
+                ]
+                if hold.lost or ended:
+                    key = (list(hold.lost_keys) + ended)[0]
                     raise CliError(
                         LOCK_LOST, "lock_lost",
                         f"lock {key!r} ended before the command could start; the command was not run",
                     )
-                env = dict(os.environ, TXLOCK_KEY=key, TXLOCK_HOLDER=holder, TXLOCK_TOKEN=str(lease.token))
                 try:
-                    child.start(command, env)
+                    child.start(command, _environment(holder, leases))
                 except FileNotFoundError:
                     raise CliError(NOT_FOUND, "not_found", f"command not found: {command[0]}") from None
                 except PermissionError:
@@ -89,7 +101,8 @@ def cmd_run(
                 check = None
                 if ttl is None:
                     check = _scheduler.schedule(
-                        lambda: _still_held(manager, hold, child), CHECK_INTERVAL, name=f"txlock check {key!r}"
+                        lambda: _still_held(manager, hold, child), CHECK_INTERVAL,
+                        name=f"txlock check {_keys_shown(hold.keys)}",
                     )
                 try:
                     code = child.wait()
@@ -100,29 +113,85 @@ def cmd_run(
         finally:
             try:
                 hold.__exit__(Exception if failed else None, None, None)
-            except txlock.LockLost:
-                child.lose(_LOST_REASON)
+            except txlock.LockLost as lost:
+                _lose(child, lost.key, _LOST_REASON)
             except txlock.LockError as exception:
                 # The hold ends anyway (with this process, or at its ttl).
-                output.note(f"could not release {key!r}: {exception}")
+                output.note(f"could not release {_keys_shown(hold.keys)}: {exception}")
     if child.lost_reason is not None:
-        raise CliError(LOCK_LOST, "lock_lost", f"lock {key!r} was lost while the command ran ({child.lost_reason}); "
-                       "the command was terminated")
+        raise CliError(LOCK_LOST, "lock_lost", f"lock {child.key!r} was lost while the command ran "
+                       f"({child.lost_reason}); the command was terminated")
     return code
 
 
-def _still_held(manager: txlock.BaseLockManager, hold: txlock.LockContext, child: Child) -> bool:
+def _environment(holder: str, leases: dict[str, txlock.Lease]) -> dict[str, str]:
+    """The command's environment: ours, plus what it holds.
+
+    ``TXLOCK_KEYS`` (a JSON list, in the order the keys were taken) and ``TXLOCK_TOKENS`` (a
+    JSON object, key to fencing token) always; ``TXLOCK_KEY`` and ``TXLOCK_TOKEN`` when there
+    is one key. JSON escapes every character the environment cannot carry (NUL, lone
+    surrogates).
+    """
+    import json
+
+    env = dict(
+        os.environ,
+        TXLOCK_HOLDER=holder,
+        TXLOCK_KEYS=json.dumps(list(leases)),
+        TXLOCK_TOKENS=json.dumps({key: lease.token for key, lease in leases.items()}),
+    )
+    for name in ("TXLOCK_KEY", "TXLOCK_TOKEN"):
+        env.pop(name, None)  # a nested run of several keys must not pass its parent's on
+    if len(leases) == 1:
+        [(key, lease)] = leases.items()
+        env.update(TXLOCK_KEY=key, TXLOCK_TOKEN=str(lease.token))
+    return env
+
+
+def _keys_shown(keys: Sequence[str]) -> str:
+    """The keys of a run for a message: ``'a'`` or ``'a', 'b'``."""
+    return ", ".join(repr(key) for key in keys)
+
+
+def _lose(child: Child, key: str, reason: str) -> None:
+    """The hold of ``key`` ended while the command runs: the first loss names its key."""
+    if child.lost_reason is None:
+        child.key = key
+    child.lose(reason)
+
+
+class _KeysWaitLine(WaitLine):
+    """The waiting line of a run: it names the key being waited for now."""
+
+    def __init__(self, manager: txlock.BaseLockManager, hold: txlock.MultiLockContext, enabled: bool) -> None:
+        self._hold = hold
+        super().__init__(manager, hold.keys[0], enabled)
+
+    @property
+    def key(self) -> str:
+        """The key being waited for (the first one before the wait starts)."""
+        return self._hold.waiting_for or self._hold.keys[0]
+
+    @key.setter
+    def key(self, value: str) -> None:
+        pass  # WaitLine sets it once; it follows the acquisition instead
+
+
+def _still_held(manager: txlock.BaseLockManager, hold: txlock.MultiLockContext, child: Child) -> bool:
     """Periodic check of a hold without ``--ttl`` (nothing renews it, so nothing else notices)."""
     try:
-        lease = hold.lease
+        blocks = hold.contexts
+        leases = [(block, block.lease) for block in blocks.values()]
     except RuntimeError:  # the command has ended and the hold was released meanwhile
         return False
-    info = manager.inspect(lease.key)
-    if info is not None and info.holder == lease.holder and info.token == lease.token:
-        return True
-    hold.lost = True
-    child.lose("it was force-released" if info is None else f"it is now held by {shown(info.holder)}")
-    return False
+    for block, lease in leases:
+        info = manager.inspect(lease.key)
+        if info is not None and info.holder == lease.holder and info.token == lease.token:
+            continue
+        block.lost = True
+        _lose(child, lease.key, "it was force-released" if info is None else f"it is now held by {shown(info.holder)}")
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- the other commands

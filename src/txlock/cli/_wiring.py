@@ -117,9 +117,15 @@ def _command_group() -> click.Group:
     def cli(url: str | None, as_json: bool) -> None:
         """Named locks across processes and hosts: hold a lock around any command, manage locks."""
 
-    @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.argument("key")
-    @click.argument("command", nargs=-1, required=True, metavar="-- COMMAND [ARGS]...")
+    class RunCommand(click.Command):
+        """``run``: its words are KEY... -- COMMAND; click drops the ``--``, so note where it was."""
+
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            ctx.meta[_AFTER_DASHES] = _words_after_dashes(self, args)
+            return super().parse_args(ctx, args)
+
+    @cli.command(cls=RunCommand, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.argument("words", nargs=-1, required=True, metavar="KEY... -- COMMAND [ARGS]...")
     @click.option("--holder", metavar="NAME", default=None, help="Holder name (default: host:pid:random).")
     @timeout_option
     @click.option(
@@ -137,8 +143,7 @@ def _command_group() -> click.Group:
     def run(
         context: click.Context,
         *,
-        key: str,
-        command: tuple[str, ...],
+        words: tuple[str, ...],
         holder: str | None,
         timeout: float | None,
         ttl: float | None,
@@ -148,13 +153,19 @@ def _command_group() -> click.Group:
     ) -> int:
         """Wait for KEY, run COMMAND while holding it, release it when COMMAND ends.
 
-        Exits with COMMAND's exit code. COMMAND gets TXLOCK_KEY, TXLOCK_HOLDER and
-        TXLOCK_TOKEN (the fencing token) in its environment; signals sent to txlock are
-        forwarded to it. Nothing but COMMAND's output goes to stdout.
+        Several keys (txlock run K1 K2 -- COMMAND; the '--' is then required) are taken all
+        or nothing, in one canonical order, within one --timeout. Exits with COMMAND's exit
+        code. COMMAND gets TXLOCK_HOLDER, TXLOCK_KEYS and TXLOCK_TOKENS (JSON: the keys, and
+        each key's fencing token) in its environment, and TXLOCK_KEY and TXLOCK_TOKEN for a
+        single key; signals sent to txlock are forwarded to it. Nothing but COMMAND's output
+        goes to stdout.
         """
         output, url = output_and_url(context, url, as_json)
+        after = context.meta.get(_AFTER_DASHES)
+        split = 1 if after is None else len(words) - after  # without '--': one KEY, then COMMAND
         return cmd_run(
-            output, url=url, key=key, command=command, holder=holder, timeout=timeout, ttl=ttl, kill_after=kill_after
+            output, url=url, keys=words[:split], command=words[split:], holder=holder, timeout=timeout, ttl=ttl,
+            kill_after=kill_after,
         )
 
     @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -255,6 +266,28 @@ def _command_group() -> click.Group:
     cli.add_command(doctor_command(common, output_and_url))
 
     return cli
+
+
+#: Where ``run`` notes how many of its words came after ``--`` (the command).
+_AFTER_DASHES = "txlock.run.after_dashes"
+
+
+def _words_after_dashes(command: click.Command, args: Sequence[str]) -> int | None:
+    """How many of ``command``'s ``args`` come after the ``--`` that ends its options, or
+    ``None`` without one (an option's value is never taken for it)."""
+    import click
+
+    takes_value = {
+        name for param in command.params
+        if isinstance(param, click.Option) and not param.is_flag for name in param.opts
+    }
+    words = iter(enumerate(args))
+    for index, word in words:
+        if word == "--":
+            return len(args) - index - 1
+        if word in takes_value:
+            next(words, None)
+    return None
 
 
 def _run_without_key(cli: click.Group, options: Sequence[str]) -> bool:
