@@ -23,6 +23,9 @@ def sync_api(m: txlock.BaseLockManager) -> None:
         assert_type(held.lease, txlock.Lease)
         assert_type(held.token, int)
         assert_type(held.lost, bool)
+    with m.lock_many(["a", "b"], "h", ttl=30) as both:
+        assert_type(both, txlock.MultiLockContext)
+        assert_type(both.lost, bool)
     lease = m.acquire_lease("k", "h")
     if lease is not None:
         assert_type(m.renew(lease), txlock.Lease)
@@ -42,6 +45,8 @@ async def async_api(m: txlock.BaseLockManager) -> None:
     assert_type(await m.aforce_release("k"), bool)
     async with m.alock("k") as held:
         assert_type(held, txlock.LockContext)
+    async with m.alock_many(["a", "b"], timeout=1.0) as both:
+        assert_type(both, txlock.MultiLockContext)
 
 
 def construction() -> None:
