@@ -145,3 +145,20 @@ def test_a_task_with_a_deadline_gives_up_with_not_sent() -> None:
         assert slots.tasks().free == 1
 
     asyncio.run(scenario())
+
+
+def test_a_task_that_times_out_after_a_release_skipped_it_leaves_cleanly() -> None:
+    # A release drops the futures that are done from the head of the queue, a cancelled
+    # one included; the task whose wait was cancelled must not trip over its absence.
+    async def scenario() -> None:
+        slots = TaskSlots(1)
+        assert await slots.acquire(None, False)
+        gone = asyncio.create_task(slots.acquire(30.0, False))
+        await aeventually(lambda: len(slots.normal) == 1)
+        gone.cancel()  # its future is cancelled; the task has not run its cleanup yet
+        slots.release()  # skips (and drops) the cancelled future, frees the slot
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert slots.free == 1 and not slots.normal
+
+    asyncio.run(scenario())

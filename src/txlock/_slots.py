@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -110,13 +111,13 @@ class TaskSlots:
         except TimeoutError:
             if future.done() and not future.cancelled():
                 return True  # granted as the time ran out: keep it
-            queue.remove(future)
+            _discard(queue, future)
             return False
         except BaseException:
             if future.done() and not future.cancelled():
                 self.release()  # granted as we were cancelled: pass the slot on
             else:
-                queue.remove(future)
+                _discard(queue, future)
             raise
         return True
 
@@ -129,6 +130,13 @@ class TaskSlots:
                     future.set_result(None)
                     return
         self.free += 1
+
+
+def _discard(queue: collections.deque[asyncio.Future[None]], future: asyncio.Future[None]) -> None:
+    # A release may already have dropped it: it skips (and drops) futures that are done,
+    # a cancelled one included.
+    with contextlib.suppress(ValueError):
+        queue.remove(future)
 
 
 class Slots:
