@@ -856,3 +856,67 @@ def test_kill_holders_at_random(tmp_path: Path, ttl: float | None) -> None:
     print(f"\nkills={kills} holder kills={holder_kills} acquisitions={acquisitions} "
           f"max recovery={max(recoveries) * 1e3:.1f} ms")
     assert not slow, f"recoveries over {bound * 1e3:.0f} ms: {sorted(slow)[-5:]}"
+
+
+# ---------------------------------------------------------------- 5. a crowd of waiters costs what one costs
+
+
+def _count_calls(manager: FileSystemLockManager, primitive: str) -> list[int]:
+    """Count the calls of ``primitive`` on ``manager``, each one look at the store (the real
+    primitive runs); the count is ``[0]`` of the list returned."""
+    calls = [0]
+    real = getattr(manager, primitive)
+
+    def counted(*args: object) -> object:
+        calls[0] += 1
+        return real(*args)
+
+    setattr(manager, primitive, counted)
+    return calls
+
+
+@pytest.mark.parametrize("how", ["acquire", "watch"])
+def test_a_crowd_of_waiters_looks_as_often_as_one_waiter(m: FileSystemLockManager, how: str) -> None:
+    """While a key stays held, its async waiters of one process look at its record once per
+    safety net between them (the key's timer wakes the first one), not once per waiter: over
+    a window of several safety nets, 100 waiters make a handful of looks, where a waiter that
+    re-checks on a timer of its own would make hundreds. Then a release wakes one acquirer
+    per hand-off (no stampede), in arrival order, or every watcher once; none is lost."""
+    from txlock.backends.file import _wakeups
+
+    crowd = 100
+    window = 4 * _wakeups.SAFETY_NET
+    looks = _count_calls(m, "_try_acquire" if how == "acquire" else "_watch")
+    served: list[int] = []
+
+    async def waiter(index: int) -> None:
+        if how == "acquire":
+            assert await m.aacquire_lock("k", f"w{index}")
+            served.append(index)
+            await m.arelease_lock("k", f"w{index}")
+        else:
+            assert await m.await_for_lock("k")
+            served.append(index)
+
+    async def scenario() -> tuple[int, int]:
+        assert await m.aacquire_lock("k", "holder")
+        tasks = [asyncio.create_task(waiter(index)) for index in range(crowd)]
+        await aeventually(lambda: m._parked_here("k") == crowd, what="the crowd parked")
+        looks[0] = 0
+        await asyncio.sleep(window)  # the window measured: nothing happens but the waiting
+        waiting = looks[0]
+        assert served == []
+        looks[0] = 0
+        await m.arelease_lock("k", "holder")
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return waiting, looks[0]
+
+    waiting, draining = asyncio.run(scenario())
+    assert waiting <= 2 * window / _wakeups.SAFETY_NET + 5, f"{crowd} waiters looked {waiting} times in {window}s"
+    if how == "acquire":
+        assert served == list(range(crowd))  # one process: arrival order
+        assert draining <= 3 * crowd + 10, f"{draining} looks for {crowd} hand-offs"
+    else:
+        assert sorted(served) == list(range(crowd))
+        assert draining <= 2 * crowd + 10, f"{draining} looks for {crowd} watchers"
+    assert m._parked_here("k") == 0

@@ -166,6 +166,14 @@ class HoldTimers(Generic[C]):
         job = _scheduler.watch(functools.partial(self._expired, key), max(seconds, 0.0), name=self.name)
         self.timers[key] = _KeyTimer(due, due, job)
 
+    def arm_earliest(self, key: C, seconds: float) -> None:
+        """A waiter asks for a look at ``key`` within ``seconds``: arm the timer unless it
+        already runs by then; of several such asks, the earliest wins (call with ``mutex``
+        held)."""
+        timer = self.timers.get(key)
+        if timer is None or timer.due > time.monotonic() + seconds:
+            self.arm(key, seconds)
+
     def cancel(self, key: C) -> None:
         """No call waits on ``key`` any more (call with ``mutex`` held)."""
         timer = self.timers.pop(key, None)

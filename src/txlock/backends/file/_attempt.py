@@ -62,7 +62,7 @@ def attempt(
             return _grant_again(state, fd, name, record, key, holder, ttl, now, entry)
         if not live:
             return _take_free(state, fd, name, record, dirty, key, holder, holder_bytes, ttl, now, entry)
-        return _wait_for_holder(state, fd, record, now, entry)
+        return _wait_for_holder(state, fd, name, record, now, entry)
     finally:
         state.checkin(name, fd)
 
@@ -97,7 +97,7 @@ def _take_free(
     """Nobody holds the key in force: grant it (a new token), unless reserved for another."""
     may_take, reserved = _may_take(state, record, now, entry)
     if not may_take:
-        return _wait_for_reserver(state, fd, record, dirty, now, entry)
+        return _wait_for_reserver(state, fd, name, record, dirty, now, entry)
     dead = record.life if record.held else NO_LIFE
     record.grant(
         holder_bytes, ttl, now, state.lives.own_id() if ttl is None else NO_LIFE, record.counter + 1, process_id(),
@@ -115,19 +115,26 @@ def _take_free(
 
 
 def _wait_for_reserver(
-    state: DirectoryState, fd: int, record: Record, dirty: bool, now: float, entry: Registration | None
+    state: DirectoryState, fd: int, name: str, record: Record, dirty: bool, now: float, entry: Registration | None
 ) -> Outcome:
     """Free, but reserved by an older waiter: wait for its grant and release."""
-    retry = min(record.reservation_seen + RESERVATION_STALE - now, state.wakeups.longest_sleep(entry))
-    if (entry is not None and record.add_bell(state.lives.own_id(), entry.since, now)) or dirty:
+    retry = max(min(record.reservation_seen + RESERVATION_STALE - now, state.wakeups.longest_sleep(entry)),
+                _SHORTEST_RETRY)
+    if entry is not None:
+        entry.woken = False
+        if record.add_bell(state.lives.own_id(), entry.since, now):
+            dirty = True
+        retry = state.wakeups.look_again(name, retry, entry)
+    if dirty:
         write_all(fd, encode_record(record))
-    return Busy(None, max(retry, _SHORTEST_RETRY)), None
+    return Busy(None, retry), None
 
 
 def _wait_for_holder(
-    state: DirectoryState, fd: int, record: Record, now: float, entry: Registration | None
+    state: DirectoryState, fd: int, name: str, record: Record, now: float, entry: Registration | None
 ) -> Outcome:
-    """Held by another: wait, and have the release ring."""
+    """Held by another: wait, and have the release ring. A waiter's next look without a
+    wake-up is asked of the key's timer (one per key and process), not of its own sleep."""
     retry = state.wakeups.longest_sleep(entry)
     if entry is not None:
         write, retry = _note_waiter(state, record, now, entry, retry)
@@ -135,7 +142,10 @@ def _wait_for_holder(
             write_all(fd, encode_record(record))
     if record.expires_at:
         retry = min(retry, max(record.ends_in(now, host_now()), _SHORTEST_RETRY))
-    return Busy(decode(record.holder), max(retry, _SHORTEST_RETRY)), (None if record.expires_at else record.life)
+    retry = max(retry, _SHORTEST_RETRY)
+    if entry is not None:
+        retry = state.wakeups.look_again(name, retry, entry)
+    return Busy(decode(record.holder), retry), (None if record.expires_at else record.life)
 
 
 def _note_waiter(
@@ -144,15 +154,17 @@ def _note_waiter(
     """Add this process's bell to ``record`` and, for a waiter that has waited long
     enough, reserve the next grant unless an older waiter holds the reservation (so no
     waiter starves). ``(whether the record changed, the retry)``."""
-    # Woken, and the key is held again: the holder's process re-acquired it. Ask to be rung
-    # less often (backing off to QUIET_MAX), and look by then anyway: a holder releasing
-    # many times in a row must not wake us every time.
+    # Woken by a release, and the key is held again: the holder's process re-acquired it.
+    # Ask to be rung less often (backing off to QUIET_MAX), and look by then anyway: a holder
+    # releasing many times in a row must not wake us every time. A look nothing woke (the
+    # key's timer: the hold never ended) asks to be rung again at the next release, and
+    # does not poll: only a vain wake-up starts a quiet interval.
     quiet = 0.0
-    if entry.fails:
+    if entry.woken:
         entry.quiet = min(max(entry.quiet * 2, QUIET_FIRST), QUIET_MAX)
         quiet = now + entry.quiet
         retry = min(retry, entry.quiet)
-    entry.fails += 1
+        entry.woken = False
     own = state.lives.own_id()
     write = record.add_bell(own, entry.since, now, quiet)
     if record.reservation == entry.ident:

@@ -10,7 +10,13 @@ A waiter registers on the *channels* it waits for: the record file name of its k
 * the death of a holder: the kernel closes its life file (``IN_CLOSE_WRITE``), and once
   its ``flock`` is gone the waiters watching it, and the next waiter of every key, wake.
 
-Without inotify (not Linux, none left), waiters poll with a short exponential backoff.
+Nothing else wakes a waiter: no waiter looks again on a timer of its own. What needs a look
+without a signal (a hold that runs out, the safety net, a quiet interval's end, a
+reservation's grace) is asked of the key's *timer*: one per key and process
+(:class:`~txlock._waitlist.HoldTimers`), which wakes the key's first acquirer and first
+watcher only. So the cost of waiting is per key and process, whatever the number of
+waiters. Without inotify (not Linux, none left), that timer polls with a short exponential
+backoff.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ from contextlib import suppress
 from txlock import _inotify, _scheduler
 from txlock._liveness import LifeFiles
 from txlock._waiter import Waiter
-from txlock._waitlist import WaiterTable
+from txlock._waitlist import HoldTimers, WaiterTable
 
-__all__ = ["LIFE_DIR", "POLL_FIRST", "POLL_MAX", "SAFETY_NET", "Registration", "Wakeups", "life_channel"]
+__all__ = [
+    "LIFE_DIR", "POLL_FIRST", "POLL_MAX", "SAFETY_NET", "WAITER_SLEEP", "Registration", "Wakeups", "life_channel",
+]
 
 log = logging.getLogger("txlock.file")
 
-#: The longest a waiter sleeps without a wake-up while inotify watches the directory.
+#: The longest a key's first waiter sleeps without a wake-up while inotify watches the
+#: directory (the key's timer wakes it; see :meth:`Wakeups.look_again`).
 SAFETY_NET = 0.25
+#: The longest any single waiter sleeps by itself: a last resort only, the key's timer (one
+#: per key and process) is what wakes a waiter that must look again without a signal.
+WAITER_SLEEP = 60.0
 #: The fallback poll (no inotify): first and longest interval of the backoff.
 POLL_FIRST, POLL_MAX = 0.001, 0.05
 #: True: this process's waiters never use inotify and poll instead (the tests set it; the
@@ -54,7 +66,7 @@ def life_channel(life: bytes) -> str:
 class Registration:
     """What a waiter registered (kept in ``Waiter.data``; its entry on every channel)."""
 
-    __slots__ = ("acquirer", "backoff", "channels", "fails", "ident", "quiet", "reserved", "since")
+    __slots__ = ("acquirer", "backoff", "channels", "ident", "quiet", "reserved", "since", "woken")
 
     def __init__(self, since: float, acquirer: bool) -> None:
         self.since = since
@@ -63,12 +75,8 @@ class Registration:
         self.channels: set[str] = set()
         self.reserved = False
         self.backoff = POLL_FIRST
-        self.fails = 0  # attempts that found the key held
+        self.woken = False  # woken by a release (here, or a ring) since its last look
         self.quiet = 0.0  # the current interval without rings
-
-
-def _acquires(entry: Registration) -> bool:
-    return entry.acquirer
 
 
 class Wakeups:
@@ -85,6 +93,13 @@ class Wakeups:
         self.watching: bool | None = None  # None: not tried yet
         self.seen: set[str] = set()  # channels handled in the watcher's current read
         self.seen_batch = -1
+        self.watchers: dict[str, int] = {}  # per channel: its waiters that do not acquire
+        self.timer_mutex = threading.Lock()
+        self.timers = self._timers()
+
+    def _timers(self) -> HoldTimers[str]:
+        return HoldTimers(self.timer_mutex, "txlock file look again", lambda channel: channel in self.waiters.channels,
+                          self.wake_timed)
 
     # ------------------------------------------------------------ registration
 
@@ -95,6 +110,9 @@ class Wakeups:
         assert isinstance(entry, Registration)
         if channel not in entry.channels:
             entry.channels.add(channel)
+            with self.waiters.mutex:
+                if not entry.acquirer:
+                    self.watchers[channel] = self.watchers.get(channel, 0) + 1
             self.waiters.add(channel, waiter, entry)
             if self.watching is None:
                 self.start_watching()
@@ -106,14 +124,22 @@ class Wakeups:
         if not isinstance(entry, Registration):
             return None
         for channel in entry.channels:
-            self.waiters.discard(channel, waiter)
+            if self.waiters.discard(channel, waiter) is not None and not entry.acquirer:
+                with self.waiters.mutex:
+                    left = self.watchers.pop(channel, 1) - 1
+                    if left:
+                        self.watchers[channel] = left
+            if channel not in self.waiters.channels:
+                with self.timer_mutex:
+                    if channel not in self.waiters.channels:
+                        self.timers.cancel(channel)
         return entry
 
     def parked(self, channel: str) -> int:
         return self.waiters.count(channel)
 
     def longest_sleep(self, entry: Registration | None) -> float:
-        """The longest a waiter may sleep without a wake-up."""
+        """The longest a key's first waiter may go without a look (a poll, without inotify)."""
         if self.watching:
             return SAFETY_NET
         if entry is None:
@@ -122,13 +148,76 @@ class Wakeups:
         entry.backoff = min(POLL_MAX, interval * 2)
         return interval
 
+    def look_again(self, channel: str, seconds: float, entry: Registration) -> float:
+        """A waiter's look found the key of ``channel`` taken and wants a look again within
+        ``seconds`` if nothing wakes a waiter first; what it sleeps by itself. The key's
+        first local waiter (the one its timer would wake) keeps that time itself: its own
+        timed sleep *is* the key's one timer, with no hand-off to the lease-watch thread
+        (on the path from a hold's end to its take-over, such a hand-off costs a thread
+        switch, and under a faked wall clock (libfaketime) tens of milliseconds). A later
+        waiter arms the key's timer (one per key and process; it keeps the earliest look,
+        and covers the time after the first waiter is served) and sleeps
+        :data:`WAITER_SLEEP`: the timer wakes the key's first waiter, a release the next
+        one, so no waiter but the first looks without a signal."""
+        with self.waiters.mutex:
+            local = self.waiters.channels.get(channel)
+            first = local is not None and bool(local) and next(iter(local.values())) is entry
+        if first:
+            return seconds
+        with self.timer_mutex:
+            if channel in self.waiters.channels:  # (not withdrawn meanwhile)
+                self.timers.arm_earliest(channel, seconds)
+        return WAITER_SLEEP
+
     # ------------------------------------------------------------ waking
 
-    def wake_next(self, channel: str) -> None:
+    def _first(self, channel: str, watchers: bool) -> list[tuple[Waiter, Registration]]:
+        """The first acquirer of ``channel`` and its first watcher (every watcher with
+        ``watchers``), without going through the rest of the acquirers."""
+        with self.waiters.mutex:
+            waiters = self.waiters.channels.get(channel)
+            if not waiters:
+                return []
+            wanted = self.watchers.get(channel, 0)
+            if not watchers:
+                wanted = min(wanted, 1)
+            chosen: list[tuple[Waiter, Registration]] = []
+            acquirer = False
+            for waiter, entry in waiters.items():
+                if entry.acquirer:
+                    if acquirer:
+                        if not wanted:
+                            break
+                        continue
+                    acquirer = True
+                elif wanted:
+                    wanted -= 1
+                else:
+                    continue
+                chosen.append((waiter, entry))
+                if acquirer and not wanted:
+                    break
+            return chosen
+
+    def wake_next(self, channel: str, released: bool = True) -> None:
         """``channel`` was freed: wake the local waiter that registered first to acquire it
         (it tries at once; the others wait for its release, or its withdrawal) and every
-        local waiter that only waits for the key to be free."""
-        self.waiters.wake_first(channel, _acquires)
+        local waiter that only waits for the key to be free. ``released``: a release woke
+        it (one that finds the key taken again backs off from rings, see QUIET_FIRST)."""
+        for waiter, entry in self._first(channel, True):
+            if released and entry.acquirer:
+                entry.woken = True
+            waiter.wake()
+
+    def wake_timed(self, channel: str) -> None:
+        """The key's timer: wake its first acquirer and its first watcher to look again."""
+        for waiter, _ in self._first(channel, False):
+            waiter.wake()
+
+    def wake_watchers(self, channel: str) -> None:
+        """A watcher found the key free: so may the others."""
+        if self.watchers.get(channel):
+            self.wake_next(channel, released=False)
 
     def rung(self) -> None:
         """A release rang this process, for a key it does not name: wake the next waiter
@@ -137,7 +226,7 @@ class Wakeups:
         with waiters.mutex:
             channels = [channel for channel in waiters.channels if not channel.startswith(LIFE_DIR)]
         for channel in channels:
-            waiters.wake_first(channel, _acquires)
+            self.wake_next(channel)
 
     def life_closed(self, channel: str) -> None:
         """The owner of a life file closed it: it is dying. Wait (briefly) until the kernel
@@ -154,7 +243,8 @@ class Wakeups:
             # serves every wake-up of the process, never sleeps here.
             if next(tries, None) is not None and self.lives.alive(life):
                 return True  # look again in LIFE_PROBE_EVERY
-            self.waiters.wake(channel)
+            # The first waiter of every key (the dead holder's among them), every watcher;
+            # not every waiter of the dead holder's keys: one look per key frees it.
             self.rung()
             return False
 
@@ -251,3 +341,6 @@ class Wakeups:
         self.watcher = None  # the parent's: txlock._inotify makes the child its own
         self.watches = []
         self.watching = None
+        self.watchers = {}
+        self.timer_mutex = threading.Lock()
+        self.timers = self._timers()  # (the scheduler starts the child with no jobs)

@@ -85,7 +85,7 @@ class FileSystemLockManager(BaseLockManager):
     * ``hold_timeout=None``: the hold lasts until released or until the process that took it
       exits; the kernel drops that process's ``flock`` on its life file at once, and inotify
       wakes the waiters, so a dead process's holds are taken over within milliseconds (the
-      safety net is a re-check every 0.25 s). A child made with ``fork`` cannot end or keep
+      safety net is a re-check every 0.25 s per key and process). A child made with ``fork`` cannot end or keep
       alive its parent's holds. ``hold_timeout=T``: the hold ends T seconds after the grant
       on the host clock (:mod:`txlock._hostclock`: boot time, the same for every process of
       the host whatever its wall clock or time namespace), whatever happens to its process.
@@ -94,7 +94,9 @@ class FileSystemLockManager(BaseLockManager):
     * Fencing tokens strictly increase per key, across processes and restarts (the counter
       lives in the record; removing a free record raises the directory's high-water mark
       first). Deleting the directory restarts them.
-    * Waiters sleep on inotify wake-ups (Linux), else poll with a backoff from 1 ms to 50 ms.
+    * Waiters sleep on inotify wake-ups (Linux), else the first waiter of a key polls with a
+      backoff from 1 ms to 50 ms; what needs a look without a signal is asked of one timer per
+      key and process, so waiting costs the same for one waiter or thousands.
       A release rings one process, that of the oldest waiter, which wakes one local waiter;
       async waiters hold no thread. Waiters are not served in strict arrival order (the
       process that just released a key may take it again at once), but none starves: a
@@ -312,10 +314,14 @@ class FileSystemLockManager(BaseLockManager):
         while True:
             record = current(state, key) if entry is None else mark_waiting(state, self.directory, name, key, entry)
             if record is None:
+                if entry is not None:
+                    wakeups.wake_watchers(name)  # the key's timer woke only this watcher
                 return None
             retry = wakeups.longest_sleep(entry)
             if record.expires_at:
                 retry = min(retry, max(record.ends_in(time.time(), host_now()), 0.0005))
+            if entry is not None:
+                retry = wakeups.look_again(name, retry, entry)  # one timer per key, not one per watcher
             busy = Busy(decode(record.holder), retry)
             channel = life_channel(record.life)
             if waiter is None or entry is None or record.expires_at or channel in entry.channels:
@@ -331,7 +337,7 @@ class FileSystemLockManager(BaseLockManager):
             return None
         name = key_filename(key)
         if entry.acquirer:
-            wakeups.wake_next(name)  # it may have been woken in vain: the next local waiter tries
+            wakeups.wake_next(name, released=False)  # it may have been woken in vain: the next local waiter tries
         others = wakeups.parked(name) > 0
         if others and not entry.reserved:
             return None

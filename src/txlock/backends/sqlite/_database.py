@@ -14,9 +14,13 @@ child made by ``fork``.
   process dies, so the SQL function ``txlock_alive`` (a non-blocking probe of that ``flock``)
   sees the hold dead at once.
 * **Waking waiters.** A release touches ``<db>-txlock/s-<bucket>``; the death of an owner
-  closes its ``o-`` file (``IN_CLOSE_WRITE``); one inotify thread per process wakes the local
-  waiters of that bucket (or all of them). Without inotify, waiters poll with an adaptive
-  backoff capped at 25 ms.
+  closes its ``o-`` file (``IN_CLOSE_WRITE``); one inotify thread per process wakes, for each
+  key of that bucket (or every key), the first local waiter that acquires it and every one
+  that only watches it. A look that finds a key held asks the key's *timer* (one per key and
+  process, :class:`~txlock._waitlist.HoldTimers`) to wake its first waiter again when the
+  hold runs out, or after the safety net; no waiter looks again on a timer of its own, so
+  the cost of waiting does not grow with the number of waiters. Without inotify, that timer
+  polls with an adaptive backoff capped at 25 ms.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from txlock._errors import BackendError, BackendUnavailable, CorruptRecord
 from txlock._liveness import INT_63, LifeFiles
 from txlock._per_process import PerProcess
 from txlock._waiter import Waiter
-from txlock._waitlist import WaiterTable
+from txlock._waitlist import HoldTimers
 from txlock.backends.sqlite import _operations
 from txlock.backends.sqlite._schema import check_header, prepare
 
@@ -46,6 +50,7 @@ __all__ = [
     "ASYNC_BUSY_TIMEOUT",
     "POLL_CAP",
     "POLL_FIRST",
+    "WAITER_SLEEP",
     "Connection",
     "Database",
     "Locked",
@@ -62,8 +67,11 @@ T = TypeVar("T")
 #: The async connection blocks its event loop for at most about this long on a busy
 #: database; the async transport then backs off with ``asyncio.sleep``.
 ASYNC_BUSY_TIMEOUT = 0.005
-#: Waiters re-check at least this often even when inotify promises a wake-up.
+#: A key's first waiter re-checks at least this often even when inotify promises a wake-up
+#: (the key's timer wakes it: one look per key and process, however many wait).
 _SAFETY_NET = 1.0
+#: The longest any single waiter sleeps by itself: a last resort only (see ``_SAFETY_NET``).
+WAITER_SLEEP = 60.0
 #: Without inotify: first poll interval and cap of the adaptive backoff.
 POLL_FIRST, POLL_CAP = 0.0005, 0.025
 #: Release signals are spread over this many files (by CRC32 of the key).
@@ -189,13 +197,15 @@ _abandoned: list[sqlite3.Connection] = []
 
 class Waiting:
     """What the database knows of a registered waiter (``waiter.data``): its key and bucket,
-    and how many times it polled (its backoff, when there is no inotify)."""
+    whether it acquires (else it only waits for the key to be free), and how many times it
+    polled (the backoff of the key's timer, when there is no inotify)."""
 
-    __slots__ = ("bucket", "key", "polls")
+    __slots__ = ("acquirer", "bucket", "key", "polls")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, acquirer: bool) -> None:
         self.key = key
         self.bucket = bucket_of(key)
+        self.acquirer = acquirer
         self.polls = 0
 
 
@@ -216,7 +226,7 @@ class Database:
         self.lives = LifeFiles(self.sidecar, INT_63, mode=0o644, create_directory=True, sweep_limit=None,
                                on_error="alive")
         self.alive_cache: dict[int, bool] = {}  # cleared before every operation
-        self.waiters: WaiterTable[int, Waiting] = WaiterTable()
+        self._reset_waiters()
         self.signal_fds: dict[int, int] = {}
         self.watched = False
         self.releases = 0
@@ -309,23 +319,128 @@ class Database:
 
     # -- waking waiters
 
-    def register(self, key: bytes, waiter: Waiter) -> None:
+    def _reset_waiters(self) -> None:
+        #: Under ``wait_mutex``: the waiters of each key in arrival order, the keys of each
+        #: signal bucket that have waiters, how many waiters of each key only watch it, and
+        #: the keys' timers.
+        self.wait_mutex = threading.Lock()
+        self.keys: dict[bytes, dict[Waiter, Waiting]] = {}
+        self.buckets: dict[int, set[bytes]] = {}
+        self.watchers: dict[bytes, int] = {}
+        self.timers: HoldTimers[bytes] = HoldTimers(
+            self.wait_mutex, "txlock sqlite look again", lambda key: key in self.keys, self.wake_timed
+        )
+
+    def register(self, key: bytes, waiter: Waiter, acquirer: bool = True) -> None:
         """Have ``waiter`` woken when ``key`` may have been freed (once: it keeps its place)."""
         if waiter.data is None:
-            entry = waiter.data = Waiting(key)
-            self.waiters.add(entry.bucket, waiter, entry)
+            entry = waiter.data = Waiting(key, acquirer)
+            with self.wait_mutex:
+                local = self.keys.get(key)
+                if local is None:
+                    local = self.keys[key] = {}
+                    self.buckets.setdefault(entry.bucket, set()).add(key)
+                local[waiter] = entry
+                if not acquirer:
+                    self.watchers[key] = self.watchers.get(key, 0) + 1
             if not self.watched:
                 self.watched = self._watch()
 
-    def unregister(self, waiter: Waiter) -> None:
+    def unregister(self, waiter: Waiter) -> Waiting | None:
+        """Forget ``waiter`` (served, or leaving); its registration, if it had one."""
         entry = waiter.data
         waiter.data = None
-        if entry is not None:
-            self.waiters.discard(entry.bucket, waiter)
+        if not isinstance(entry, Waiting):
+            return None
+        key = entry.key
+        with self.wait_mutex:
+            local = self.keys.get(key)
+            if local is None or local.pop(waiter, None) is None:
+                return None
+            if not entry.acquirer:
+                left = self.watchers.pop(key, 1) - 1
+                if left:
+                    self.watchers[key] = left
+            if not local:
+                del self.keys[key]
+                bucket = self.buckets.get(entry.bucket)
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self.buckets[entry.bucket]
+                self.timers.cancel(key)
+        return entry
+
+    def withdraw(self, waiter: Waiter) -> None:
+        """``waiter`` leaves without being served: it may have been woken in vain, so the
+        next local waiter that acquires its key looks."""
+        entry = self.unregister(waiter)
+        if entry is not None and entry.acquirer:
+            self._wake(self._first(entry.key, watchers=0))
 
     def parked(self, key: bytes) -> int:
         """How many waiters of this process are registered on ``key``."""
-        return self.waiters.count(bucket_of(key), lambda entry: entry.key == key)
+        return len(self.keys.get(key, ()))
+
+    def _first(self, key: bytes, watchers: int | None) -> list[Waiter]:
+        """The first waiter of ``key`` that acquires it, and its first ``watchers`` waiters
+        that only watch it (``None``: all), without going through the other acquirers."""
+        with self.wait_mutex:
+            local = self.keys.get(key)
+            if not local:
+                return []
+            wanted = self.watchers.get(key, 0)
+            if watchers is not None:
+                wanted = min(wanted, watchers)
+            chosen: list[Waiter] = []
+            acquirer = False
+            for waiter, entry in local.items():
+                if entry.acquirer:
+                    if acquirer:
+                        continue
+                    acquirer = True
+                elif wanted:
+                    wanted -= 1
+                else:
+                    continue
+                chosen.append(waiter)
+                if acquirer and not wanted:
+                    break
+            return chosen
+
+    @staticmethod
+    def _wake(waiters: list[Waiter]) -> None:
+        for waiter in waiters:
+            waiter.wake()
+
+    def wake_key(self, key: bytes) -> None:
+        """``key`` may be free: wake its first local acquirer (the others wait for its
+        release or withdrawal) and every local waiter that only watches it."""
+        if self.keys:  # the common case on a release nobody waits for: no mutex
+            self._wake(self._first(key, None))
+
+    def wake_timed(self, key: bytes) -> None:
+        """The key's timer: wake its first acquirer and its first watcher to look again."""
+        self._wake(self._first(key, 1))
+
+    def wake_watchers(self, key: bytes) -> None:
+        """A watcher found ``key`` free: so may the others."""
+        if self.watchers.get(key):
+            self.wake_key(key)
+
+    def wake_bucket(self, bucket: int) -> None:
+        """A key of ``bucket`` was freed (which one, the signal does not say)."""
+        with self.wait_mutex:
+            keys = list(self.buckets.get(bucket, ()))
+        for key in keys:
+            self.wake_key(key)
+
+    def wake_all(self) -> None:
+        """Every key may have been freed (a holder died, signals were lost)."""
+        with self.wait_mutex:
+            keys = list(self.keys)
+        for key in keys:
+            self.wake_key(key)
 
     def _watch(self) -> bool:
         """Have release and death signals of other processes delivered; ``False`` if impossible."""
@@ -343,17 +458,17 @@ class Database:
         if mask & (_inotify.IN_Q_OVERFLOW | _inotify.IN_IGNORED):
             if mask & _inotify.IN_IGNORED:
                 self.watched = False
-            self.waiters.wake_all()
+            self.wake_all()
         elif name.startswith(b"s-"):
             with contextlib.suppress(ValueError):
-                self.waiters.wake(int(name[2:], 16))
+                self.wake_bucket(int(name[2:], 16))
         elif mask & _inotify.IN_CLOSE_WRITE and self.lives.ids.parse(os.fsdecode(name)) is not None:
-            self.waiters.wake_all()  # a process holding locks died (or exited)
+            self.wake_all()  # a process holding locks died (or exited): one look per key
 
     def signal(self, key: bytes) -> None:
         """Tell every process that ``key`` was freed: touch its bucket's signal file."""
         bucket = bucket_of(key)
-        self.waiters.wake(bucket)
+        self.wake_key(key)
         fd = self.signal_fds.get(bucket)
         try:
             if fd is None:
@@ -365,16 +480,33 @@ class Database:
             log.debug("could not signal a release on %s: %s", self.sidecar, exc)
 
     def retry_after(self, waiter: Waiter | None, left: float | None) -> float:
-        """How long a waiter sleeps before it looks again, if no signal wakes it first
-        (``left``: the seconds the hold lasts still; ``None``: until released or its process dies)."""
+        """How long a caller sleeps before it looks again, if no signal wakes it first
+        (``left``: the seconds the hold lasts still; ``None``: until released or its process
+        dies). The key's first local waiter sleeps that long itself (its sleep is the key's
+        one timer); a later one asks the key's timer (one per key and process, which wakes the
+        key's first waiter, also once the present one is served) and sleeps
+        :data:`WAITER_SLEEP` itself."""
         left = math.inf if left is None else max(0.0, left) + 0.0005
-        if waiter is None or waiter.data is None:
+        entry = None if waiter is None else waiter.data
+        if not isinstance(entry, Waiting):
             return min(left, POLL_FIRST)
         if self.watched:
-            return min(left, _SAFETY_NET)
-        entry: Waiting = waiter.data
-        entry.polls += 1
-        return min(left, POLL_FIRST * 2.0 ** min(entry.polls, 16), POLL_CAP)
+            seconds = min(left, _SAFETY_NET)
+        else:
+            entry.polls += 1
+            seconds = min(left, POLL_FIRST * 2.0 ** min(entry.polls, 16), POLL_CAP)
+        key = entry.key
+        with self.wait_mutex:
+            local = self.keys.get(key)
+            if not local:  # (withdrawn meanwhile)
+                return WAITER_SLEEP
+            if next(iter(local)) is waiter:
+                # The key's first local waiter (the one its timer would wake) keeps the time
+                # itself: no hand-off to the lease-watch thread on the path from a hold's end
+                # to its take-over (a thread switch; tens of milliseconds under libfaketime).
+                return seconds
+            self.timers.arm_earliest(key, seconds)  # the earliest look any later waiter asks for
+        return WAITER_SLEEP
 
     # -- fork
 
@@ -391,7 +523,7 @@ class Database:
         self.signal_fds = {}
         self.ready_mutex = threading.Lock()
         self.users_mutex = threading.Lock()
-        self.waiters.reset_after_fork()
+        self._reset_waiters()  # (the scheduler starts the child with no timers)
         self.watched = False
         self.alive_cache = {}
         return True

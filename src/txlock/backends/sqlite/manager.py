@@ -98,8 +98,10 @@ class SQLiteLockManager(BaseLockManager):
       its wall clock or time namespace). A row of another boot or of an older txlock, and
       every row outside Linux, is judged on its wall-clock ``expires_at``.
     * Waiters in any process are woken within milliseconds of a release (Linux inotify;
-      elsewhere an adaptive poll capped at 25 ms). No strict FIFO across processes, but no
-      starvation either: each wake-up lets every waiter try again.
+      elsewhere an adaptive poll capped at 25 ms): the first waiter of the key in each
+      process, so waiters of one process are served in arrival order. No strict FIFO across
+      processes, but no starvation either: each release lets each process's first waiter try.
+      Waiting costs one look a second per key and process (the safety net), however many wait.
     * A forked child shares nothing with its parent: it neither keeps the parent's holds
       alive nor ends them (its own holds get its own owner file).
     * Async methods run the statement on the event loop; that path uses a 5 ms busy timeout
@@ -277,11 +279,13 @@ class SQLiteLockManager(BaseLockManager):
         database = self._database
         key_bytes = encode(key)
         if waiter is not None:
-            database.register(key_bytes, waiter)
+            database.register(key_bytes, waiter, acquirer=False)
         now = time.time()
 
         def read(hold: Any) -> Busy | None:
             if hold is None:
+                if waiter is not None:
+                    database.wake_watchers(key_bytes)  # the key's timer may have woken only this one
                 return None
             if hold is LOCKED:
                 return _BUSY_WHILE_LOCKED
@@ -290,7 +294,7 @@ class SQLiteLockManager(BaseLockManager):
         return (_operations.hold, (key_bytes, now), True), read
 
     def _withdraw(self, key: str, waiter: Waiter) -> Request[Lease | None]:
-        self._database.unregister(waiter)
+        self._database.withdraw(waiter)
         return NOTHING
 
     def _sweep(self) -> Request[None]:
