@@ -28,6 +28,10 @@ from _harness import RESULTS, Row, machine, table  # noqa: E402
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     wanted = [a for a in argv if a != "--quick"] or SUITES
+    unknown = [a for a in wanted if a not in SUITES]
+    if unknown:
+        print(f"unknown suite(s) {', '.join(unknown)}; the suites: {' '.join(SUITES)}", file=sys.stderr)
+        return 2
     # A smoke run (see _sizes.QUICK) saves no results and leaves BENCHMARKS.md alone.
     env = {**os.environ, "TXLOCK_BENCH_QUICK": "1"} if quick else None
     failed = []
