@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import txlock
 from _common import prefect_manager
-from _harness import Row, pct, per_op, report, step
+from _harness import Row, pct, per_op, per_op_interleaved, report, step
 from _sizes import HANDOFFS, MANY_KEYS, sized
 
 TASK_HANDOFFS = sized(500, 10)
@@ -256,18 +256,30 @@ def main() -> None:
     n = 200_000
 
     step("uncontended")
-    floor = per_op(bare_lock, n)
-    for label, ttl in (("", None), (", hold_timeout=60", 60.0)):
-        t = per_op(uncontended(ours, ttl), n)
-        p = per_op(uncontended(theirs, ttl), n if ttl is None else 2_000, repeat=3) if theirs else None
-        target = "<= Prefect" if ttl is None else ">= 50x faster than Prefect"
-        met = p is not None and (t <= p if ttl is None else p / t >= 50)
-        rows.append(Row(f"sync acquire+release{label}", "s", t, floor, "threading.Lock", p, pname, target, met))
-    afloor = per_op(bare_async_lock, n // 4)
-    for label, ttl in (("", None), (", hold_timeout=60", 60.0)):
-        t = per_op(uncontended_async(ours, ttl), n // 4)
-        p = per_op(uncontended_async(theirs, ttl), 2_000, repeat=3) if theirs else None
-        rows.append(Row(f"async acquire+release{label}", "s", t, afloor, "asyncio.Lock", p, pname))
+    # txlock, Prefect and the floor in alternation (per_op_interleaved), so the ratios of a
+    # row are not the luck of one moment on a shared machine.
+    fns = {"floor": bare_lock, "ours": uncontended(ours, None), "ours60": uncontended(ours, 60.0)}
+    if theirs is not None:
+        fns["theirs"] = uncontended(theirs, None)
+    sync = per_op_interleaved(fns, n // 4)
+    floor = sync["floor"]
+    p = sync.get("theirs")
+    rows.append(Row("sync acquire+release", "s", sync["ours"], floor, "threading.Lock", p, pname,
+                    "<= 0.6x Prefect", p is not None and sync["ours"] <= 0.6 * p))
+    # Prefect starts a timer thread per timed hold: a few thousand are enough.
+    p60 = per_op(uncontended(theirs, 60.0), 2_000, repeat=3) if theirs else None
+    rows.append(Row("sync acquire+release, hold_timeout=60", "s", sync["ours60"], floor, "threading.Lock", p60, pname,
+                    ">= 50x faster than Prefect", p60 is not None and p60 / sync["ours60"] >= 50))
+    afns = {"floor": bare_async_lock, "ours": uncontended_async(ours, None), "ours60": uncontended_async(ours, 60.0)}
+    if theirs is not None:
+        afns["theirs"] = uncontended_async(theirs, None)
+    a = per_op_interleaved(afns, n // 16)
+    ap = a.get("theirs")
+    rows.append(Row("async acquire+release", "s", a["ours"], a["floor"], "asyncio.Lock", ap, pname,
+                    "<= Prefect", ap is not None and a["ours"] <= ap))
+    ap60 = per_op(uncontended_async(theirs, 60.0), 2_000, repeat=3) if theirs else None
+    rows.append(Row("async acquire+release, hold_timeout=60", "s", a["ours60"], a["floor"], "asyncio.Lock",
+                    ap60, pname))
 
     step("thread hand-off")
     lock = threading.Lock()
@@ -296,9 +308,15 @@ def main() -> None:
     step("contention")
     fair = FairLock()
     bare_tp, _ = contention(lambda _n: lock.acquire(), lambda _n: lock.release())
-    fair_tp, _ = contention(lambda _n: fair.acquire(), lambda _n: fair.release())
-    our_tp, our_overlaps = contention(lambda name: ours.acquire_lock("c", name),
-                                      lambda name: ours.release_lock("c", name))
+    # The FIFO floor and txlock in turn, three short runs each: the better run of each.
+    fair_tp = our_tp = 0.0
+    our_overlaps = 0
+    for _ in range(3):
+        fair_tp = max(fair_tp, contention(lambda _n: fair.acquire(), lambda _n: fair.release(),
+                                          seconds=CONTENTION_SECONDS / 3)[0])
+        tp, overlaps = contention(lambda name: ours.acquire_lock("c", name), lambda name: ours.release_lock("c", name),
+                                  seconds=CONTENTION_SECONDS / 3)
+        our_tp, our_overlaps = max(our_tp, tp), our_overlaps + overlaps
     pref_tp = pref_overlaps = None
     if theirs is not None:
         # Prefect's manager can strand a waiter after granting two holders at once: bound
@@ -306,11 +324,12 @@ def main() -> None:
         pref_tp, pref_overlaps = contention(lambda name: theirs.acquire_lock("c", name, acquire_timeout=0.5),
                                             lambda name: theirs.release_lock("c", name))
     rows.append(Row("8 threads, one key", "ops/s", our_tp, bare_tp, "threading.Lock (unfair)", pref_tp, pname,
-                    ">= 0.8x floor, exclusion intact", our_tp >= 0.8 * bare_tp and our_overlaps == 0,
+                    "exclusion intact", our_overlaps == 0,
                     note=f"overlaps: txlock {our_overlaps}, Prefect {pref_overlaps}", lower_is_better=False,
                     extra={"fifo_floor": fair_tp}))
     rows.append(Row("8 threads, one key, vs a FIFO floor", "ops/s", our_tp, fair_tp,
                     "FIFO lock of threading primitives", None, "",
+                    ">= 0.8x FIFO floor, FIFO kept", our_tp >= 0.8 * fair_tp and our_overlaps == 0,
                     note="txlock serves waiters in arrival order", lower_is_better=False))
 
     step(f"{HOLDS:,} holds")

@@ -9,8 +9,8 @@ fencing tokens, context managers that renew in the background, introspection)::
     with locks.lock("reports:2026-11", ttl=30) as held:
         print("holding with fencing token", held.token)
 
-The backend classes are imported on first use, so ``import txlock`` stays cheap and loads
-no optional dependency.
+Everything but the exceptions is imported on first use, so ``import txlock`` stays cheap
+and loads no optional dependency.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from txlock._errors import (
     NotLockHolder,
     NotSent,
 )
-from txlock._manager import BaseLockManager, LockContext, default_holder
-from txlock._multi import MultiLockContext
-from txlock._observe import EVENT_KINDS, LockEvent, Observer, ObserverLike, add_observer, remove_observer
-from txlock._types import Capabilities, Lease, LockInfo
-from txlock._url import default_url, from_url, register_scheme, schemes
 
 if TYPE_CHECKING:
+    from txlock._context import LockContext, default_holder
+    from txlock._manager import BaseLockManager
+    from txlock._multi import MultiLockContext
+    from txlock._observe import EVENT_KINDS, LockEvent, Observer, ObserverLike, add_observer, remove_observer
+    from txlock._types import Capabilities, Lease, LockInfo
+    from txlock._url import default_url, from_url, register_scheme, schemes
     from txlock.backends.file import FileSystemLockManager
     from txlock.backends.memory import MemoryLockManager
     from txlock.backends.postgres import PostgresLockManager
@@ -80,12 +81,32 @@ __all__ = [
     "schemes",
 ]
 
+#: Where each public name other than the errors lives. They are imported on first use
+#: (PEP 562), so a process imports only what it uses: ``MemoryLockManager()`` loads no URL
+#: parsing, ``from_url`` only the backend its URL names, none of them ``lock()`` blocks.
 _LAZY = {
-    "MemoryLockManager": "txlock.backends.memory",
+    "BaseLockManager": "txlock._manager",
+    "Capabilities": "txlock._types",
+    "EVENT_KINDS": "txlock._observe",
     "FileSystemLockManager": "txlock.backends.file",
-    "SQLiteLockManager": "txlock.backends.sqlite",
-    "RedisLockManager": "txlock.backends.redis",
+    "Lease": "txlock._types",
+    "LockContext": "txlock._context",
+    "LockEvent": "txlock._observe",
+    "LockInfo": "txlock._types",
+    "MemoryLockManager": "txlock.backends.memory",
+    "MultiLockContext": "txlock._multi",
+    "Observer": "txlock._observe",
+    "ObserverLike": "txlock._observe",
     "PostgresLockManager": "txlock.backends.postgres",
+    "RedisLockManager": "txlock.backends.redis",
+    "SQLiteLockManager": "txlock.backends.sqlite",
+    "add_observer": "txlock._observe",
+    "default_holder": "txlock._context",
+    "default_url": "txlock._url",
+    "from_url": "txlock._url",
+    "register_scheme": "txlock._url",
+    "remove_observer": "txlock._observe",
+    "schemes": "txlock._url",
 }
 
 
@@ -93,9 +114,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'txlock' has no attribute {name!r}")
-    import importlib
+    from importlib import import_module
 
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(import_module(module), name)
     globals()[name] = value
     return value
 

@@ -30,7 +30,6 @@ The drivers hold no locking logic, only the mechanics of their world.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
@@ -64,8 +63,6 @@ T = TypeVar("T")
 #: The first and the longest pause, in seconds, between the looks of a waiter whose store
 #: is unreachable (it keeps looking until its deadline; a wake-up cuts a pause short).
 OUTAGE_BACKOFF: Final = (0.05, 1.0)
-
-_log = logging.getLogger("txlock")
 
 #: What a primitive returns: ``(work, read)``. The manager's transport executes ``work``
 #: and ``read`` turns the reply into the primitive's result. ``read`` is ``None`` when no
@@ -176,7 +173,11 @@ def acquire_flow(
                 if deadline - time.monotonic() <= OUTAGE_BACKOFF[0]:
                     raise
                 if not outage:
-                    _log.warning("txlock: the store of %r is unreachable; the waiter keeps trying", key, exc_info=True)
+                    import logging  # here: logging costs start-up time to every process
+
+                    logging.getLogger("txlock").warning(
+                        "txlock: the store of %r is unreachable; the waiter keeps trying", key, exc_info=True
+                    )
                 outage = min(max(outage * 2, OUTAGE_BACKOFF[0]), OUTAGE_BACKOFF[1])
                 result = Busy(None, outage)
         # A cancellation that arrived while the granting request was in flight is

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Callable
 
 __all__ = ["BOOT_ID", "host_now", "offset_from", "read_boot_id", "read_offset"]
@@ -68,9 +67,12 @@ def read_boot_id() -> bytes | None:
     """The 16 bytes of this boot's id, or ``None`` (not Linux, or unreadable)."""
     try:
         with open(_BOOT_ID) as file:
-            return uuid.UUID(file.read().strip()).bytes
+            # The UUID's 32 hex digits, read without the uuid module (and the platform
+            # module it imports): start-up time.
+            boot_id = bytes.fromhex(file.read().strip().replace("-", ""))
     except (OSError, ValueError):
         return None
+    return boot_id if len(boot_id) == 16 else None
 
 
 def _host_clock() -> tuple[bytes | None, Callable[[], float]]:

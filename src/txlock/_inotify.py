@@ -14,11 +14,12 @@ exist there); the next :func:`get` makes a new one.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import struct
 import threading
 from collections.abc import Callable
+
+from txlock._observe import lazy_logger
 
 __all__ = [
     "IN_ATTRIB",
@@ -35,7 +36,7 @@ __all__ = [
     "get",
 ]
 
-log = logging.getLogger("txlock.inotify")
+log = lazy_logger("txlock.inotify")  # logging is imported when first used
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import re
 import threading
@@ -51,9 +50,11 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Generic, Literal, TypeVar
 
+from txlock._observe import lazy_logger
+
 __all__ = ["BYTES_128", "INT_63", "IdFormat", "LifeFiles"]
 
-log = logging.getLogger("txlock.liveness")
+log = lazy_logger("txlock.liveness")  # logging is imported when first used
 
 OwnerId = TypeVar("OwnerId", bound=Hashable)
 

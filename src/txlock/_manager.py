@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from txlock._context import LockContext, default_holder
 from txlock._deadline import DeadlineScope, deadline_scope
 from txlock._errors import BackendError, LockLost, LockTimeout, NotLockHolder, NotSent
 from txlock._flows import NOTHING, Request, acquire_flow, arun_flow, run_flow, wait_flow
-from txlock._multi import MultiLockContext
 from txlock._observe import Emitter, ObservedAcquire, ObserverLike, observing
 from txlock._observe import process_observers as _process_observers
 from txlock._types import Busy, Capabilities, Lease, LockInfo
 from txlock._validate import check_hold_timeout, check_holder, check_key, check_timeout
 from txlock._waiter import Waiter
 
-__all__ = ["BaseLockManager", "LockContext", "default_holder"]
+if TYPE_CHECKING:  # imported where used: most processes never make a lock() block
+    from txlock._context import LockContext
+    from txlock._multi import MultiLockContext
+
+__all__ = ["BaseLockManager"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -303,7 +305,11 @@ class BaseLockManager:
         self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
     ) -> bool:
         """Async form of :meth:`acquire_lock`. Cancelling it never leaves a hold behind."""
-        return await self.aacquire_lease(key, holder, acquire_timeout, hold_timeout) is not None
+        wait, ttl = self._acquire_args(key, holder, acquire_timeout, hold_timeout)
+        first = self._local_attempt(key, holder, ttl)
+        if type(first) is Lease:
+            return True
+        return await self._aacquire_checked(key, holder, wait, ttl, first) is not None
 
     def release_lock(self, key: str, holder: str) -> None:
         """Release ``key`` held by ``holder``; the longest waiter proceeds.
@@ -407,19 +413,29 @@ class BaseLockManager:
         """Like :meth:`acquire_lock`, but return the :class:`~txlock.Lease` (with its fencing
         token) or ``None`` on timeout."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
+        return self._acquire_checked(key, holder, wait, ttl)
+
+    def _acquire_checked(
+        self, key: str, holder: str, wait: float | None, ttl: float | None, busy: Busy | None = None
+    ) -> Lease | None:
+        """:meth:`acquire_lease` once its arguments are checked (``wait`` with the default
+        timeout applied). ``busy``: the answer of an unobserved first attempt that a
+        backend's fast path already made and found the key held (``None``: none made)."""
         if (self._observers or _process_observers) and observing.get() is None:
             return self._observed_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
             with scope:  # the same call, now with the deadline set
-                return self.acquire_lease(key, holder, wait, ttl)
-        work, read = self._try_acquire(key, holder, ttl, None)
-        try:
-            first = work if read is None else read(self._exec(work))
-        except NotSent:  # no connection came free before the deadline: nothing was asked
-            return self._acquired(key, wait, None)
-        if isinstance(first, Lease):
-            return first
+                return self._acquire_checked(key, holder, wait, ttl, busy)
+        first: Lease | Busy | None = busy
+        if first is None:
+            work, read = self._try_acquire(key, holder, ttl, None)
+            try:
+                first = work if read is None else read(self._exec(work))
+            except NotSent:  # no connection came free before the deadline: nothing was asked
+                return self._acquired(key, wait, None)
+            if isinstance(first, Lease):
+                return first
         return self._acquired(key, wait, run_flow(self, acquire_flow(self, key, holder, ttl, wait, first)))
 
     async def aacquire_lease(
@@ -427,14 +443,32 @@ class BaseLockManager:
     ) -> Lease | None:
         """Async form of :meth:`acquire_lease`."""
         wait, ttl = self._acquire_args(key, holder, timeout, ttl)
+        first = self._local_attempt(key, holder, ttl)
+        if type(first) is Lease:
+            return first
+        return await self._aacquire_checked(key, holder, wait, ttl, first)
+
+    def _local_attempt(self, key: str, holder: str, ttl: float | None) -> Lease | Busy | None:
+        """An async acquire's first attempt, made at once when it cannot block (a local
+        medium; no deadline to carry, nobody observing), so that a grant returns without
+        the coroutine of the waiting path; ``None`` when it must be left to that path."""
+        if not self._local_attempts or self._bounds_calls or self._observers or _process_observers:
+            return None
+        work, read = self._try_acquire(key, holder, ttl, None)
+        return work if read is None else read(self._exec(work))
+
+    async def _aacquire_checked(
+        self, key: str, holder: str, wait: float | None, ttl: float | None, first: Lease | Busy | None = None
+    ) -> Lease | None:
+        """:meth:`aacquire_lease` once its arguments are checked; ``first``: the outcome of
+        an unobserved first attempt already made (``None``: none yet)."""
         if (self._observers or _process_observers) and observing.get() is None:
             return await self._aobserved_acquire(key, holder, wait, ttl)
         scope = deadline_scope(wait) if self._bounds_calls else None
         if scope is not None:
             with scope:
-                return await self.aacquire_lease(key, holder, wait, ttl)
-        first = None
-        if self._local_attempts:  # the attempt cannot block (local medium): no driver needed
+                return await self._aacquire_checked(key, holder, wait, ttl, first)
+        if first is None and self._local_attempts:  # the attempt cannot block: no driver needed
             first = self._first_attempt(key, holder, ttl)
             if isinstance(first, Lease):
                 return first
@@ -455,14 +489,14 @@ class BaseLockManager:
 
     def _observed_acquire(self, key: str, holder: str, wait: float | None, ttl: float | None) -> Lease | None:
         with ObservedAcquire(self._emitter, key, holder) as observed:
-            observed.lease = self.acquire_lease(key, holder, wait, ttl)
+            observed.lease = self._acquire_checked(key, holder, wait, ttl)
         return observed.lease
 
     async def _aobserved_acquire(
         self, key: str, holder: str, wait: float | None, ttl: float | None
     ) -> Lease | None:
         with ObservedAcquire(self._emitter, key, holder) as observed:
-            observed.lease = await self.aacquire_lease(key, holder, wait, ttl)
+            observed.lease = await self._aacquire_checked(key, holder, wait, ttl)
         return observed.lease
 
     def _backend_error(self, exc: BackendError, key: str = "") -> None:
@@ -473,7 +507,11 @@ class BaseLockManager:
         self, key: object, holder: object, timeout: object, ttl: object
     ) -> tuple[float | None, float | None]:
         """Check an acquire's arguments; its wait and hold timeouts."""
-        self._check_key_and_holder(key, holder)
+        if (
+            type(key) is not str or type(holder) is not str
+            or len(key) > self.max_key_length or len(holder) > self.max_holder_length
+        ):  # inline: the common case pays no call
+            self._check_names(key, holder)
         wait = self._default_timeout if timeout is None else check_timeout(timeout, "acquire_timeout")
         return wait, None if ttl is None else check_hold_timeout(ttl, "hold_timeout")
 
@@ -573,6 +611,8 @@ class BaseLockManager:
         anyway, ``on_lost(lease)`` is called (from the background thread), the context's
         ``lost`` flag is set, and :class:`~txlock.LockLost` is raised when the block exits.
         """
+        from txlock._context import LockContext
+
         return LockContext(self, key, holder, timeout, ttl, on_lost)
 
     #: The ``async with`` form of :meth:`lock`: the same context object serves both worlds.
@@ -598,6 +638,8 @@ class BaseLockManager:
         ``on_lost`` work per key as in :meth:`lock`. Not atomic: others can see the keys
         taken one by one. See :class:`~txlock.MultiLockContext` and docs/multi-key.md.
         """
+        from txlock._multi import MultiLockContext
+
         return MultiLockContext(self, keys, holder, timeout, ttl, on_lost)
 
     #: The ``async with`` form of :meth:`lock_many`: the same context object serves both worlds.

@@ -32,11 +32,13 @@ from __future__ import annotations
 import threading
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from txlock._errors import BackendError, LockTimeout
 
 if TYPE_CHECKING:
+    import logging
+
     from txlock._types import Lease
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "Observer",
     "ObserverLike",
     "add_observer",
+    "lazy_logger",
     "note_contended",
     "observing",
     "remove_observer",
@@ -160,6 +163,32 @@ def _check(observer: object) -> None:
             f"an observer needs an on_event(event) method; {type(observer).__name__} has none "
             "(subclass txlock.Observer)"
         )
+
+
+class _LazyLogger:
+    """``logging.getLogger(name)``, looked up (and logging imported) at its first use."""
+
+    __slots__ = ("_logger", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        logger = self._logger
+        if logger is None:
+            import logging
+
+            logger = self._logger = logging.getLogger(self._name)
+        return getattr(logger, attr)
+
+
+def lazy_logger(name: str) -> logging.Logger:
+    """What ``logging.getLogger(name)`` returns, for a module's top level, without importing
+    :mod:`logging` until the module first logs: the import costs every process several
+    milliseconds of start-up (it pulls in ``traceback``, ``linecache``, ``tokenize``...),
+    and most processes never log a line."""
+    return cast("logging.Logger", _LazyLogger(name))
 
 
 class Observation:

@@ -64,6 +64,8 @@ def check_hold_timeout(value: object, name: str = "hold_timeout") -> float | Non
     """Validate a hold timeout: ``None`` (held until released) or a finite number ``> 0``."""
     if value is None:
         return None
+    if type(value) is float and 0.0 < value < math.inf:  # the common case, in one test
+        return value
     try:
         seconds = check_timeout(value, name)
     except ValueError:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 import time
 
 from txlock._errors import CorruptRecord
+from txlock._observe import lazy_logger
 from txlock._types import Lease, LockInfo
 from txlock._validate import decode, encode
 from txlock.backends.file._descriptors import (
@@ -38,7 +38,7 @@ __all__ = [
     "ring_and_write",
 ]
 
-log = logging.getLogger("txlock.file")
+log = lazy_logger("txlock.file")  # logging is imported when first used
 
 # The calls of the hot path, looked up once.
 _flock, _LOCK_EX = fcntl.flock, fcntl.LOCK_EX

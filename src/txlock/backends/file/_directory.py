@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import stat
 import threading
@@ -23,6 +22,7 @@ from txlock import _scheduler
 from txlock._errors import BackendError, BackendUnavailable, ConfigurationError
 from txlock._hostclock import BOOT_ID, host_now
 from txlock._liveness import BYTES_128, LifeFiles
+from txlock._observe import lazy_logger
 from txlock._per_process import PerProcess
 from txlock.backends.file import _descriptors
 from txlock.backends.file._descriptors import close
@@ -39,7 +39,7 @@ from txlock.backends.file._wakeups import LIFE_DIR, Wakeups
 
 __all__ = ["FD_CACHE", "GC_INTERVAL", "DirectoryState", "attach", "detach", "detach_pending", "translate"]
 
-log = logging.getLogger("txlock.file")
+log = lazy_logger("txlock.file")  # logging is imported when first used
 
 #: How often this process removes the files of keys it freed.
 GC_INTERVAL = 5.0

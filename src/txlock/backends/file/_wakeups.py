@@ -21,7 +21,6 @@ backoff.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -29,6 +28,7 @@ from contextlib import suppress
 
 from txlock import _inotify, _scheduler
 from txlock._liveness import LifeFiles
+from txlock._observe import lazy_logger
 from txlock._waiter import Waiter
 from txlock._waitlist import HoldTimers, WaiterTable
 
@@ -36,7 +36,7 @@ __all__ = [
     "LIFE_DIR", "POLL_FIRST", "POLL_MAX", "SAFETY_NET", "WAITER_SLEEP", "Registration", "Wakeups", "life_channel",
 ]
 
-log = logging.getLogger("txlock.file")
+log = lazy_logger("txlock.file")  # logging is imported when first used
 
 #: The longest a key's first waiter sleeps without a wake-up while inotify watches the
 #: directory (the key's timer wakes it; see :meth:`Wakeups.look_again`).
