@@ -399,7 +399,9 @@ def test_a_thousand_random_cancellations_leak_nothing(
     loop_thread.run(scenario(), timeout=600)
     assert overlaps == []
     assert sum(landed.values()) == batches * per_batch
-    assert landed["acquiring"] > 0 and landed["body"] > 0, landed
+    # Cancellations landed while acquiring and later (in the body or the release): which
+    # later phase a loaded machine reaches varies.
+    assert landed["acquiring"] > 0 and landed["body"] + landed["releasing"] + landed["completed"] > 0, landed
     nothing_held(manager, KEYS)
 
 

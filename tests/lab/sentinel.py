@@ -223,6 +223,19 @@ class SentinelSet:
         old.start()
         self._wait_synced(new, old)
         self.wait_ready()
+        self.wait_acknowledging()
+
+    def wait_acknowledging(self) -> None:
+        """Until the primary's writes are acknowledged by the replica (``WAIT 1`` answers):
+        a link reported up can still be finishing its sync."""
+
+        def acknowledged() -> bool:
+            with self.primary.client() as client:
+                client.set("txlab:probe", "1")
+                return int(client.execute_command("WAIT", 1, 200)) >= 1
+
+        eventually(acknowledged, READY_TIMEOUT, "the replica to acknowledge a write (WAIT 1)",
+                   ignoring=(self.redis.RedisError, OSError), interval=0.05)
 
     def failover(self, between: Callable[[RedisServer], None] | None = None) -> RedisServer:
         """Kill the primary, wait for the promotion, call ``between(new primary)``, bring the
@@ -249,6 +262,11 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     """A private primary + replica + Sentinel for one test, stopped at its end."""
     trio = SentinelSet(tmp_path / "sentinel-set")
     try:
+        # A test may ask for wait_replicas at once: the replica must be in sync and
+        # acknowledging writes (WAIT answered) first.
+        trio._wait_synced(trio.primary, trio.replica)
+        trio.wait_ready()
+        trio.wait_acknowledging()
         yield trio
     finally:
         trio.stop()

@@ -157,11 +157,12 @@ class KillRun:
         return time.monotonic() - started
 
     def victim(self, min_kills: int) -> str:
-        """A worker chosen at random; but if half of ``min_kills`` went by without a kill
-        hitting a holder (holds are short, so a random kill mostly hits a waiter), the next
-        kills aim at the worker that says it holds the key, until one is hit."""
+        """A worker chosen at random; but if half of ``min_kills`` went by with fewer than three
+        kills hitting a holder (holds are short, so a random kill mostly hits a waiter), the
+        next kills aim at the worker that says it holds the key, until three are hit (a kill
+        that lands as the holder begins its release counts as no holder's in the history)."""
         names = sorted(self.workers)
-        if self.kills >= min_kills // 2 and not self.holder_hits:
+        if self.kills >= min_kills // 2 and self.holder_hits < 3:
             # A hold lasts about a fenced write: look for one for up to 50 ms.
             for _ in range(100):
                 holders = [name for name in names if self.holding[self.slots[name]]]

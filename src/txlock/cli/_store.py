@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import txlock
+from txlock._url import redact
 from txlock.cli._exit_codes import BACKEND_ERROR, CONFIG, LOCK_LOST, TIMED_OUT, USAGE, CliError
 
 __all__ = ["cli_error_for", "open_store", "translating_errors"]
@@ -21,7 +22,7 @@ def _one_line(exception: BaseException) -> str:
 
 def cli_error_for(exception: BaseException, url: str | None) -> CliError | None:
     """The exit code and one-line message of a library error; ``None`` when it is not one."""
-    store = "the default store" if url is None else repr(txlock._url.redact(url))
+    store = "the default store" if url is None else repr(redact(url))
     if isinstance(exception, txlock.MissingDependency):
         return CliError(CONFIG, "missing_dependency", f"{exception}; then run the command again")
     if isinstance(exception, txlock.ConfigurationError):
@@ -70,6 +71,6 @@ def open_store(url: str | None) -> txlock.BaseLockManager:
                 "pass --url or set TXLOCK_URL (e.g. file:///tmp/txlock)"
             ) from exception
         raise CliError(
-            CONFIG, "configuration", f"the backend for {txlock._url.redact(url)!r} cannot be loaded ({exception}); "
+            CONFIG, "configuration", f"the backend for {redact(url)!r} cannot be loaded ({exception}); "
             "reinstall txlock or use another URL"
         ) from exception

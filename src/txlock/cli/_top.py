@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 import txlock
+from txlock._url import redact
 from txlock.cli._exit_codes import CONFIG, OK, CliError
 from txlock.cli._output import Output, write
 from txlock.cli._store import cli_error_for, open_store, translating_errors
@@ -58,7 +59,7 @@ _CHROME_LINES = 5
 
 def cmd_top(output: Output, *, url: str | None, prefix: str | None, interval: float, once: bool) -> int:
     """``txlock top``: show the store's holds until ``q`` / Ctrl-C (or once)."""
-    store = txlock._url.redact(url if url is not None else txlock.default_url())
+    store = redact(url if url is not None else txlock.default_url())
     with translating_errors(url):
         manager = open_store(url)
         first = _look(manager, prefix)  # a store that cannot be read ends the command here
