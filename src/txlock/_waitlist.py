@@ -14,16 +14,41 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from txlock import _scheduler
 from txlock._waiter import Waiter
 
-__all__ = ["TIMER_RETRY", "HoldTimers", "WaiterTable"]
+__all__ = ["TIMER_RETRY", "HoldTimers", "WaiterTable", "first_acquirer_and_watchers"]
 
 C = TypeVar("C", bound=Hashable)
 E = TypeVar("E")
+
+
+def first_acquirer_and_watchers(
+    waiters: Iterable[tuple[Waiter, E]], acquires: Callable[[E], bool], watchers: int
+) -> list[tuple[Waiter, E]]:
+    """Of ``waiters`` (in arrival order), the first that acquires and the first ``watchers``
+    that only watch: whom a freed key wakes. Stops as soon as both are found, without going
+    through the other acquirers."""
+    chosen: list[tuple[Waiter, E]] = []
+    acquirer = False
+    for waiter, entry in waiters:
+        if acquires(entry):
+            if acquirer:
+                if not watchers:
+                    break
+                continue
+            acquirer = True
+        elif watchers:
+            watchers -= 1
+        else:
+            continue
+        chosen.append((waiter, entry))
+        if acquirer and not watchers:
+            break
+    return chosen
 
 
 class WaiterTable(Generic[C, E]):

@@ -30,7 +30,7 @@ from txlock import _inotify, _scheduler
 from txlock._liveness import LifeFiles
 from txlock._observe import lazy_logger
 from txlock._waiter import Waiter
-from txlock._waitlist import HoldTimers, WaiterTable
+from txlock._waitlist import HoldTimers, WaiterTable, first_acquirer_and_watchers
 
 __all__ = [
     "LIFE_DIR", "POLL_FIRST", "POLL_MAX", "SAFETY_NET", "WAITER_SLEEP", "Registration", "Wakeups", "life_channel",
@@ -181,23 +181,7 @@ class Wakeups:
             wanted = self.watchers.get(channel, 0)
             if not watchers:
                 wanted = min(wanted, 1)
-            chosen: list[tuple[Waiter, Registration]] = []
-            acquirer = False
-            for waiter, entry in waiters.items():
-                if entry.acquirer:
-                    if acquirer:
-                        if not wanted:
-                            break
-                        continue
-                    acquirer = True
-                elif wanted:
-                    wanted -= 1
-                else:
-                    continue
-                chosen.append((waiter, entry))
-                if acquirer and not wanted:
-                    break
-            return chosen
+            return first_acquirer_and_watchers(waiters.items(), _acquires, wanted)
 
     def wake_next(self, channel: str, released: bool = True) -> None:
         """``channel`` was freed: wake the local waiter that registered first to acquire it
@@ -344,3 +328,7 @@ class Wakeups:
         self.watchers = {}
         self.timer_mutex = threading.Lock()
         self.timers = self._timers()  # (the scheduler starts the child with no jobs)
+
+
+def _acquires(entry: Registration) -> bool:
+    return entry.acquirer

@@ -42,7 +42,7 @@ from txlock._errors import BackendError, BackendUnavailable, CorruptRecord
 from txlock._liveness import INT_63, LifeFiles
 from txlock._per_process import PerProcess
 from txlock._waiter import Waiter
-from txlock._waitlist import HoldTimers
+from txlock._waitlist import HoldTimers, first_acquirer_and_watchers
 from txlock.backends.sqlite import _operations
 from txlock.backends.sqlite._schema import check_header, prepare
 
@@ -392,21 +392,7 @@ class Database:
             wanted = self.watchers.get(key, 0)
             if watchers is not None:
                 wanted = min(wanted, watchers)
-            chosen: list[Waiter] = []
-            acquirer = False
-            for waiter, entry in local.items():
-                if entry.acquirer:
-                    if acquirer:
-                        continue
-                    acquirer = True
-                elif wanted:
-                    wanted -= 1
-                else:
-                    continue
-                chosen.append(waiter)
-                if acquirer and not wanted:
-                    break
-            return chosen
+            return [waiter for waiter, _ in first_acquirer_and_watchers(local.items(), _acquires, wanted)]
 
     @staticmethod
     def _wake(waiters: list[Waiter]) -> None:
@@ -551,3 +537,7 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+
+
+def _acquires(entry: Waiting) -> bool:
+    return entry.acquirer
