@@ -432,6 +432,89 @@ def test_a_release_hands_the_lock_to_the_oldest_waiter_in_its_own_statement(shar
         m.close()
 
 
+def _take_and_keep(url: str, prefix: str, ttl: float, taken: Any, done: Any) -> None:
+    """Take ``k`` as B with ``ttl`` and let the hold run out (no release), until ``done``."""
+    manager = PostgresLockManager(url, prefix=prefix, liveness=120)
+    try:
+        if manager.acquire_lease("k", "B", timeout=60, ttl=ttl) is not None:
+            taken.set()
+        done.wait(60)
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["grantee-here", "grantee-in-another-process"])
+def test_a_hold_handed_to_the_waiter_ahead_and_left_to_run_out_wakes_the_next_waiter(
+    shared_url: str, elsewhere: bool
+) -> None:
+    # Found by the clock lab: C queues behind B while A holds the key. A's release hands the
+    # key to B, whose hold_timeout then runs out with no release: nothing announces that
+    # end, and C had last seen A's hold (no end) and B's ticket ahead. C must be woken when
+    # B's hold ends (the grant's notification arms the key's timer), not at its deadline.
+    # The 120 s liveness window rules out the waiters' own re-checks; B is in C's process
+    # or in another one (another listener).
+    prefix = f"t{_uid()}:"
+    m = PostgresLockManager(shared_url, prefix=prefix, liveness=120)
+    ctx = multiprocessing.get_context("spawn")
+    taken, done = ctx.Event(), ctx.Event()
+    worker: Any = None
+    got: dict[str, float] = {}
+
+    def take(name: str, ttl: float | None) -> None:
+        lease = m.acquire_lease("k", name, timeout=60, ttl=ttl)
+        got[name] = time.monotonic() if lease is not None else -1.0
+
+    try:
+        assert m.acquire_lock("k", "A")
+        if elsewhere:
+            worker = ctx.Process(target=_take_and_keep, args=(shared_url, prefix, 0.3, taken, done))
+            worker.start()
+        else:
+            threading.Thread(target=take, args=("B", 0.3)).start()
+        eventually(lambda: _queued(m, "k", 1), what="B to queue")
+        c = threading.Thread(target=take, args=("C", None))
+        c.start()
+        eventually(lambda: _queued(m, "k", 2), what="C to queue")
+        released = time.monotonic()
+        m.release_lock("k", "A")  # hands the key to B, who keeps it until its 0.3 s run out
+        c.join(60)
+        assert got.get("C", -1.0) > 0, got
+        assert elsewhere or got.get("B", -1.0) > 0, got
+        # A lost wake-up leaves C asleep until its 60 s deadline (or the 120 s window).
+        assert got["C"] - released < 20, f"C waited {got['C'] - released:.1f}s for B's 0.3 s hold"
+        m.release_lock("k", "C")
+    finally:
+        done.set()
+        if worker is not None:
+            worker.join(30)
+        m.close()
+
+
+def test_a_queued_call_taking_a_freed_key_itself_tells_the_calls_behind_it(shared_url: str) -> None:
+    # Found by the clock lab, played step by step with the primitives: A's hold runs out
+    # with B and C queued; C looks first and finds the key free but B ahead (so it sleeps
+    # on B's ticket); B then takes the key with its own statement (no release hands it
+    # over) and lets its 0.3 s hold run out. B's statement announces the grant, so C's
+    # process wakes C when B's hold ends instead of leaving it asleep until its deadline.
+    m = PostgresLockManager(shared_url, prefix=f"t{_uid()}:", liveness=120)
+    try:
+        assert m.acquire_lock("k", "A", hold_timeout=0.3)
+        b, c = ThreadWaiter(), ThreadWaiter()
+        assert isinstance(m._call(m._try_acquire("k", "B", 0.3, b)), Busy)
+        assert isinstance(m._call(m._try_acquire("k", "C", None, c)), Busy)
+        eventually(lambda: m.inspect("k") is None, what="A's hold to run out")
+        seen = m._call(m._try_acquire("k", "C", None, c))
+        assert isinstance(seen, Busy) and seen.holder is None and seen.retry_after > 30, seen  # free, B ahead
+        c.wait(0)  # (forget any wake-up from before)
+        lease = m._call(m._try_acquire("k", "B", 0.3, b))
+        assert not isinstance(lease, Busy) and lease.holder == "B"
+        assert c.wait(30), "C was not woken when B's hold ran out"
+        eventually(lambda: not isinstance(m._call(m._try_acquire("k", "C", None, c)), Busy), what="C to get the key")
+        m.release_lock("k", "C")
+    finally:
+        m.close()
+
+
 @pytest.mark.parametrize("notified", [True, False])
 def test_a_call_giving_up_as_the_lock_is_handed_to_it_gets_the_lease(shared_url: str, notified: bool) -> None:
     # The race between a release handing the lock to a queued call and that call giving up

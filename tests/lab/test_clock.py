@@ -241,7 +241,7 @@ def run_scenario(url: str, backend: str, fault: str, workers: list[Worker], hist
         "control": (first, second), "faulty-holds": (faulty, second), "faulty-waits": (first, faulty)}
     errors: dict[str, list[float]] = {kind: [] for kind in kinds}
     if not violations:
-        for trial in range(scaled(3, 30)):
+        for trial in range(scaled(5, 30)):
             for kind, (holder, waiter) in kinds.items():  # interleaved: all kinds see the same load
                 errors[kind].append(lease_trial(holder, waiter, f"lease-{kind}-{trial}"))
     figures = {kind: percentiles(value * 1000 for value in samples) for kind, samples in errors.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import select
 import threading
@@ -176,6 +177,12 @@ class Listener:
         with self.mutex:
             self.timers.arm((channel, key_tag), seconds)
 
+    def alone(self, channel: str, key_tag: str, waiter: Waiter) -> bool:
+        """Whether ``waiter`` is the only call of this process registered on the key."""
+        with self.waiters.mutex:
+            waiters = self.waiters.channels.get((channel, key_tag))
+            return waiters is not None and len(waiters) == 1 and waiter in waiters
+
     def count_key(self, channel: str, key_tag: str) -> int:
         return self.waiters.count((channel, key_tag))
 
@@ -212,6 +219,7 @@ class Listener:
             log.warning("txlock ignored a malformed notification on %s: %r", channel, grant)
             return
         table = self.waiters
+        granted: Waiter | None = None
         with table.mutex:
             waiters = table.channels.get((channel, key_tag), {})
             for waiter, registration in waiters.items():
@@ -224,10 +232,22 @@ class Listener:
                     registration.queued = False  # the releasing statement deleted the ticket
                     waiter.data = None
                     waiter.lease = registration.lease(token, expires)
+                    granted = waiter
                     break
-            else:
-                return  # not ours, or the call already left (its withdrawal deals with it)
-        waiter.wake()
+            others = bool(waiters)
+        length = expires - token / 1e6
+        if others and math.isfinite(length):
+            # The queue moved on: a ticket was served, and the hold it got may end without
+            # a release (its hold_timeout, its process's death), which nothing announces.
+            # The key's other waiters here slept on the old hold or on the tickets ahead;
+            # the key's timer wakes the oldest of them when the new hold would end (its
+            # length is its expiry less its token, the server's clock in microseconds at
+            # the grant), so a hold that runs out is noticed (else a lost wake-up, until a
+            # waiter's own deadline; found by the clock lab).
+            with self.mutex:
+                self.timers.arm((channel, key_tag), max(0.0, length))
+        if granted is not None:
+            granted.wake()
 
     def _resolve(self, value: bool, only: set[str] | None = None) -> None:
         with self.mutex:

@@ -284,15 +284,22 @@ class PostgresLockManager(BaseLockManager):
         self._store.listener.add(registration, waiter)
         return self._store.subscribe()
 
-    def _retry(self, key_tag: str, seconds: float | None) -> float:
+    def _retry(self, key_tag: str, seconds: float | None, waiter: Waiter | None) -> float:
         """How long a waiter of ``key_tag`` sleeps without a wake-up, the key being taken for
         ``seconds`` more: while LISTEN works, until the key's timer (armed here, one per key
-        and process) or a notification wakes it; else it polls."""
+        and process) or a notification wakes it; else it polls. A waiter alone on its key in
+        this process keeps that time itself instead of arming the timer: on the path from a
+        hold's end to its take-over, a hand-off from the timer thread costs a thread switch
+        (tens of milliseconds under a faked wall clock, libfaketime)."""
         listener = self._store.listener
         if not listener.working:
             return POLL_INTERVAL if seconds is None else max(0.0, min(float(seconds), POLL_INTERVAL))
-        if seconds is not None:
-            listener.arm(self._store.channel, key_tag, max(0.0, float(seconds)))
+        if seconds is None:
+            return SAFETY_NET
+        seconds = max(0.0, float(seconds))
+        if waiter is not None and listener.alone(self._store.channel, key_tag, waiter):
+            return min(seconds, SAFETY_NET)
+        listener.arm(self._store.channel, key_tag, seconds)
         return SAFETY_NET
 
     def _info(self, row: Sequence[Any]) -> LockInfo:
@@ -331,6 +338,7 @@ class PostgresLockManager(BaseLockManager):
             registration.call = (key, holder, ttl)
             registration.held, registration.digest = store.held, digest
             store.need_heartbeat()
+        params["channel"], params["payload"] = store.channel, key_tag
         params["waiter"] = registration.waiter_id if registration is not None else None
         params["ticket"] = registration.ticket if registration is not None else None
         params["session"] = None  # filled in once the listener is up (see Store.fill_session)
@@ -338,7 +346,7 @@ class PostgresLockManager(BaseLockManager):
         return query, lambda rows: self._read_attempt(key, holder, ttl, waiter, rows)
 
     def _read_attempt(self, key: str, holder: str, ttl: float | None, waiter: Waiter, rows: Rows) -> Lease | Busy:
-        token, _, _, other, left, ahead, ahead_left, ticket, _, _ = rows[0]
+        token, _, _, other, left, ahead, ahead_left, ticket, *_ = rows[0]
         registration: Registration | None = waiter.data
         if token is not None:
             if registration is not None:
@@ -350,9 +358,9 @@ class PostgresLockManager(BaseLockManager):
             registration.ticket = ticket
         key_tag = self._key(key)[2]
         if other is not None:
-            return Busy(decode(bytes(other)), self._retry(key_tag, left))
+            return Busy(decode(bytes(other)), self._retry(key_tag, left, waiter))
         if ahead:
-            return Busy(None, self._retry(key_tag, ahead_left))
+            return Busy(None, self._retry(key_tag, ahead_left, waiter))
         # Refused, yet neither a holder nor a ticket ahead in this statement's snapshot: the
         # holder's row was committed after the snapshot was taken (so it could not be
         # marked either). Look again at once: the next statement sees and marks it.
@@ -421,7 +429,9 @@ class PostgresLockManager(BaseLockManager):
         _, digest, key_tag = self._key(key)
         statement = store.statements.watch if waiter is None else store.statements.watch_mark
         query = Query([statement], {"key_hash": digest}, listen=self._register(key_tag, waiter, False))
-        return query, lambda rows: Busy(decode(bytes(rows[0][0])), self._retry(key_tag, rows[0][1])) if rows else None
+        return query, lambda rows: (
+            Busy(decode(bytes(rows[0][0])), self._retry(key_tag, rows[0][1], waiter)) if rows else None
+        )
 
     def _withdraw(self, key: str, waiter: Waiter) -> Request[Lease | None]:
         """Forget ``waiter`` locally, and remove its queue row if it has one.

@@ -26,6 +26,17 @@ reg AS (
   ON CONFLICT (waiter) DO NOTHING RETURNING ticket
 ),
 gone AS (DELETE FROM {waiters} WHERE waiter = %(waiter)s::uuid AND EXISTS (SELECT 1 FROM ins) RETURNING 1),
+-- Granted to a queued call while other calls wait: say so as a release's hand-off would
+-- (payload: key hash, waiter id, token, expiry), so that the waiters behind it learn when
+-- this hold ends; it may end without a release (hold_timeout, a dead process), which
+-- nothing else announces.
+say AS (
+  SELECT pg_notify(%(channel)s, %(payload)s::text || ' ' || %(waiter)s::text || ' ' || i.token::text
+    || ' ' || extract(epoch FROM i.expires_at)::float8::text)
+  FROM ins i WHERE EXISTS (SELECT 1 FROM gone) AND EXISTS (
+    SELECT 1 FROM {waiters} w WHERE w.key_hash = %(key_hash)s AND w.expires_at > now()
+      AND w.waiter <> %(waiter)s::uuid)
+),
 -- Refused: mark the key, so that the release that frees it notifies (the mark is on the row
 -- the release locks, so it sees it even if it began before this). A row committed after
 -- this statement's snapshot cannot be marked here: the caller then looks again at once.
@@ -38,5 +49,5 @@ SELECT i.token, extract(epoch FROM i.acquired_at)::float8, extract(epoch FROM i.
   a.n, extract(epoch FROM a.until - now())::float8,
   coalesce((SELECT ticket FROM reg),
     (SELECT ticket FROM {waiters} WHERE %(ticket)s::int8 IS NULL AND waiter = %(waiter)s::uuid)),
-  (SELECT count(*) FROM gone), (SELECT count(*) FROM flag)
+  (SELECT count(*) FROM gone), (SELECT count(*) FROM flag), (SELECT count(*) FROM say)
 FROM (SELECT 1) AS one LEFT JOIN ins i ON true LEFT JOIN cur c ON true LEFT JOIN ahead a ON true
