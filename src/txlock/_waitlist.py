@@ -97,6 +97,12 @@ class WaiterTable(Generic[C, E]):
                 return len(waiters)
             return sum(1 for entry in waiters.values() if where(entry))
 
+    def alone(self, channel: C, waiter: Waiter) -> bool:
+        """Whether ``waiter`` is the only waiter registered on ``channel``."""
+        with self.mutex:
+            waiters = self.channels.get(channel)
+            return waiters is not None and len(waiters) == 1 and waiter in waiters
+
     def total(self) -> int:
         """How many registrations the table holds, over every channel."""
         with self.mutex:

@@ -179,9 +179,7 @@ class Listener:
 
     def alone(self, channel: str, key_tag: str, waiter: Waiter) -> bool:
         """Whether ``waiter`` is the only call of this process registered on the key."""
-        with self.waiters.mutex:
-            waiters = self.waiters.channels.get((channel, key_tag))
-            return waiters is not None and len(waiters) == 1 and waiter in waiters
+        return self.waiters.alone((channel, key_tag), waiter)
 
     def count_key(self, channel: str, key_tag: str) -> int:
         return self.waiters.count((channel, key_tag))

@@ -29,7 +29,7 @@ gone AS (DELETE FROM {waiters} WHERE waiter = %(waiter)s::uuid AND EXISTS (SELEC
 -- Granted to a queued call while other calls wait: say so as a release's hand-off would
 -- (payload: key hash, waiter id, token, expiry), so that the waiters behind it learn when
 -- this hold ends; it may end without a release (hold_timeout, a dead process), which
--- nothing else announces.
+-- nothing else announces. (Counted in the result: a SELECT-only CTE runs only if referenced.)
 say AS (
   SELECT pg_notify(%(channel)s, %(payload)s::text || ' ' || %(waiter)s::text || ' ' || i.token::text
     || ' ' || extract(epoch FROM i.expires_at)::float8::text)
